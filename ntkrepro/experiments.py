@@ -204,3 +204,125 @@ def kernel_prediction_from(
         _, f = kernels.gradient_flow(k_train_train, k_test_train, np.asarray(y) - a, [t])
         out.append(b + f[0])
     return np.stack(out)
+
+
+# ------------------------------------ parameterization, width, best practices (Lee et al. 2020)
+
+
+def network_max_learning_rate(
+    apply_fn: Callable, params, x: np.ndarray, *, iters: int = 30, seed: int = 0
+) -> float:
+    """Largest stable full-batch gradient-descent learning rate of a finite network at
+    ``params``, for the MSE convention of this module: ``2 n k / lambda_max(J J^T)``.
+
+    ``J`` is the Jacobian of the ``(n, k)`` outputs on ``x`` with respect to all
+    parameters; ``J J^T`` (the empirical NTK, ``(n k) x (n k)``) is never formed: its top
+    eigenvalue comes from ``iters`` power iterations of ``v -> J (J^T v)`` (one VJP and one
+    JVP each), so the cost is that of ``2 * iters`` forward/backward passes. Works for any
+    parameterization: in the standard one ``lambda_max`` grows with width and the rate
+    shrinks, which is why comparisons at equal *fractions* of this rate are fair.
+    """
+    if iters < 1:
+        raise ValueError(f"iters={iters} must be >= 1")
+    x = jnp.asarray(x)
+
+    # params and x are arguments, not closed-over constants: XLA would constant-fold them.
+    @jax.jit
+    def step(p, xs, v):
+        def f(q):
+            return apply_fn(q, xs)
+
+        _, vjp = jax.vjp(f, p)
+        (jt_v,) = vjp(v)
+        _, jjt_v = jax.jvp(f, (p,), (jt_v,))
+        return jjt_v
+
+    out = jax.eval_shape(apply_fn, params, x)
+    v = jax.random.normal(jax.random.PRNGKey(seed), out.shape, out.dtype)
+    v = v / jnp.linalg.norm(v)
+    lam = 0.0
+    for _ in range(iters):
+        w = step(params, x, v)
+        lam = float(jnp.vdot(v, w))  # Rayleigh quotient, v has unit norm
+        v = w / jnp.linalg.norm(w)
+    if not lam > 0:
+        raise ValueError(f"the empirical NTK has no positive eigenvalue (got {lam})")
+    return float(2 * np.prod(out.shape) / lam)
+
+
+def validation_accuracy(
+    k_train_train: np.ndarray,
+    y: np.ndarray,
+    labels: np.ndarray,
+    n_val: int,
+    diag_regs: Sequence[float],
+) -> np.ndarray:
+    """Accuracy on a validation split carved from the training set, per diagonal
+    regularizer, from one training kernel.
+
+    The last ``n_val`` training examples are held out: the kernel regressor is fitted on
+    the first ``n - n_val`` (``K[:f, :f]``, targets ``y[:f]``) and predicts the held-out
+    ones (``K[f:, :f]``), as in :func:`ntkrepro.kernels.ridge_sweep`. The test set is
+    never touched, so hyperparameters picked here are honest. Shapes: ``(n, n)``,
+    ``(n, k)`` targets, ``(n,)`` integer labels → ``(len(diag_regs),)``.
+    """
+    from ntkrepro import kernels
+
+    k = np.asarray(k_train_train)
+    n = k.shape[0]
+    if not 0 < n_val < n:
+        raise ValueError(f"n_val={n_val} must lie in 1..{n - 1} (the training set has {n})")
+    f = n - n_val
+    preds = kernels.ridge_sweep(k[:f, :f], k[f:, :f], np.asarray(y)[:f], diag_regs)
+    return np.array([kernels.accuracy(p, np.asarray(labels)[f:]) for p in preds])
+
+
+def largest_width_drop(widths: Sequence[int], mean: Sequence[float], sem: Sequence[float]):
+    """Where accuracy falls as width grows: the largest ``mean[i] - mean[j]`` over pairs of
+    widths ``i < j`` (a wider network worse than a narrower one).
+
+    Returns ``{"drop", "narrow", "wide", "z"}``: the drop (<= 0 when accuracy never falls,
+    then the pair is the closest to falling), the two widths, and the drop in units of its
+    standard error ``sqrt(sem[i]**2 + sem[j]**2)`` (``inf`` if both are 0). Monotone
+    non-decreasing accuracy gives ``drop <= 0``.
+    """
+    m = np.asarray(mean, float)
+    s = np.asarray(sem, float)
+    if len(widths) != len(m) or len(m) != len(s) or len(m) < 2:
+        raise ValueError("need at least two widths with one mean and one sem each")
+    best = None
+    for i in range(len(m)):
+        for j in range(i + 1, len(m)):
+            d = m[i] - m[j]
+            if best is None or d > best[0]:
+                best = (d, i, j)
+    d, i, j = best
+    se = float(np.hypot(s[i], s[j]))
+    z = d / se if se > 0 else (np.inf if d > 0 else (-np.inf if d < 0 else 0.0))
+    return {"drop": float(d), "narrow": int(widths[i]), "wide": int(widths[j]), "z": float(z)}
+
+
+def table_text(rows: Sequence[dict], columns: Sequence[str], digits: int = 3) -> tuple[str, str]:
+    """A list of records as a markdown table and as CSV text (same columns, same order).
+
+    Floats are written with ``digits`` decimals, ``None`` as an empty cell. Returns
+    ``(markdown, csv)``.
+    """
+    import csv
+    import io
+
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float | np.floating):
+            return f"{float(v):.{digits}f}"
+        return str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(row) + " |" for row in cells]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(cells)
+    return "\n".join(md), buf.getvalue()

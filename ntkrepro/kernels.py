@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -38,18 +39,20 @@ def _pad(x: jax.Array, multiple: int) -> tuple[jax.Array, int]:
     return x, n
 
 
-def _batched(fn: Callable, x1, x2, batch_size: int):
-    """Apply a kernel function ``fn(x1, x2)`` in ``batch_size`` blocks via ``nt.batch``.
+def _batched(fn: Callable, x1, x2, batch_size: int, *args):
+    """Apply a kernel function ``fn(x1, x2, *args)`` in ``batch_size`` blocks via ``nt.batch``.
 
     ``nt.batch`` splits both inputs into blocks (and across all visible devices), so
-    peak memory grows with ``batch_size**2``, not ``n1 * n2``.
+    peak memory grows with ``batch_size**2``, not ``n1 * n2``. It jit-compiles ``fn``
+    and caches the compilation keyed on ``fn`` itself: pass the same ``fn`` object
+    (arrays such as parameters in ``args``) for repeated calls not to recompile.
     """
     same = x2 is None
     x2 = x1 if same else x2
     b = max(1, min(batch_size, x1.shape[0], x2.shape[0]))
     x1p, n1 = _pad(jnp.asarray(x1), b)
     x2p, n2 = (x1p, n1) if same else _pad(jnp.asarray(x2), b)
-    out = nt.batch(fn, batch_size=b, store_on_device=False)(x1p, None if same else x2p)
+    out = nt.batch(fn, batch_size=b, store_on_device=False)(x1p, None if same else x2p, *args)
     return jax.tree_util.tree_map(lambda k: np.asarray(k)[:n1, :n2], out)
 
 
@@ -79,12 +82,28 @@ def analytic(
         what = f"the analytic {'/'.join(names)} of {n1} x {n2} examples"
         _require(what, parts, device_part="blocks")
 
+    out = _batched(_analytic_fn(kernel_fn, names), x1, x2, batch_size)
+    result = dict(zip(names, out, strict=True))
+    return result[get] if isinstance(get, str) else result
+
+
+def _make_analytic_fn(kernel_fn: Callable, names: tuple[str, ...]) -> Callable:
     def fn(a, b):
         return kernel_fn(a, b, names)
 
-    out = _batched(fn, x1, x2, batch_size)
-    result = dict(zip(names, out, strict=True))
-    return result[get] if isinstance(get, str) else result
+    return fn
+
+
+# One function object per (kernel_fn, names): nt.batch keys its jit cache on it, so a
+# repeated call (another data set size, ridge sweeps) reuses the compilation.
+_cached_analytic_fn = lru_cache(maxsize=32)(_make_analytic_fn)
+
+
+def _analytic_fn(kernel_fn: Callable, names: tuple[str, ...]) -> Callable:
+    try:
+        return _cached_analytic_fn(kernel_fn, names)
+    except TypeError:  # an unhashable kernel_fn (e.g. a functools.partial of a dict)
+        return _make_analytic_fn(kernel_fn, names)
 
 
 def empirical_ntk(
@@ -112,18 +131,31 @@ def empirical_ntk(
         )
     if check_memory:
         _check_empirical_memory(apply_fn, params, x1, x2, batch_size, implementation, trace_axes)
-    ntk_fn = nt.empirical_ntk_fn(
+    ntk_fn = _empirical_ntk_fn(apply_fn, implementation, tuple(trace_axes))
+    return _batched(ntk_fn, x1, x2, batch_size, params)
+
+
+def _make_empirical_ntk_fn(apply_fn: Callable, implementation: str, trace_axes: tuple[int, ...]):
+    """neural-tangents' ``(x1, x2, params) -> kernel`` for one model (``nt.batch`` jits it)."""
+    return nt.empirical_ntk_fn(
         apply_fn,
         trace_axes=trace_axes,
         vmap_axes=0,
         implementation=IMPLEMENTATIONS[implementation],
     )
-    jitted = jax.jit(ntk_fn)
 
-    def fn(a, b):
-        return jitted(a, b, params)
 
-    return _batched(fn, x1, x2, batch_size)
+# One kernel function per (model, implementation, trace axes). nt.batch keys its jit
+# cache on the function object, so repeated calls (snapshots during training, new
+# parameters) reuse one compilation per block shape instead of compiling every call.
+_cached_empirical_ntk_fn = lru_cache(maxsize=32)(_make_empirical_ntk_fn)
+
+
+def _empirical_ntk_fn(apply_fn: Callable, implementation: str, trace_axes: tuple[int, ...]):
+    try:
+        return _cached_empirical_ntk_fn(apply_fn, implementation, trace_axes)
+    except TypeError:  # an unhashable apply_fn: a fresh function (compiles every call)
+        return _make_empirical_ntk_fn(apply_fn, implementation, trace_axes)
 
 
 def max_learning_rate(k_train_train: np.ndarray, n_outputs: int) -> float:
@@ -492,3 +524,43 @@ def ntk_gp_posterior(
     )
     out = predict(t=t, x_test=jnp.asarray(x_test), get=get, compute_cov=True)
     return np.asarray(out.mean), np.diagonal(np.asarray(out.covariance)).copy()
+
+
+# ------------------------------------------- learning rate from a normalized step size
+
+
+def ntk_scale(k_train_train: np.ndarray) -> float:
+    """``lambda_hat = lambda_max(K) / n`` of an ``(n, n)`` kernel matrix.
+
+    Gradient descent on a mean-over-examples loss moves the outputs along the kernel's
+    top eigenvector at the rate ``lr * lambda_hat`` per step (times the loss curvature),
+    so ``lr * lambda_hat`` is the step size in function space.
+    """
+    k = np.asarray(k_train_train, np.float64)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] == 0:
+        raise ValueError(f"ntk_scale needs a square (n, n) kernel matrix, got shape {k.shape}")
+    n = k.shape[0]
+    lam = scipy.linalg.eigvalsh(k, subset_by_index=[n - 1, n - 1])
+    return float(lam[-1] / n)
+
+
+def lr_for_normalized_step(
+    apply_fn: Callable, params, x, normalized_step: float, **ntk_kw
+) -> tuple[float, float]:
+    """Learning rate giving a model the normalized step ``lr * lambda_hat`` of another.
+
+    ``lambda_hat`` is :func:`ntk_scale` of the empirical NTK (:func:`empirical_ntk`, mean
+    over outputs; ``ntk_kw`` passed on, speed only) of ``apply_fn`` at ``params`` on the
+    inputs ``x`` of shape ``(n, ...)``. Two models trained with the same normalized step
+    move their outputs at the same speed at initialization, whatever their
+    parameterization or size.
+
+    Returns:
+      ``(lr, lambda_hat)`` with ``lr = normalized_step / lambda_hat``.
+    """
+    if not (normalized_step > 0 and np.isfinite(normalized_step)):
+        raise ValueError(f"normalized_step={normalized_step!r} must be a positive finite number")
+    lam = ntk_scale(empirical_ntk(apply_fn, params, x, **ntk_kw))
+    if not lam > 0:
+        raise ValueError(f"the empirical NTK has lambda_max/n = {lam!r} <= 0: cannot set lr")
+    return normalized_step / lam, lam

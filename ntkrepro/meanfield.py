@@ -412,3 +412,63 @@ def ensemble_prediction(
 def as_list(values: Sequence[float]) -> list[float]:
     """Plain floats (for JSON)."""
     return [float(v) for v in values]
+
+
+# --------------------------------------------------------------------------------------
+# What training reached, over many initializations (figures ntk_change, trainability and
+# output_variance of the chapter)
+# --------------------------------------------------------------------------------------
+
+
+def stable_rates(
+    apply_fn: Callable,
+    params_batch,
+    x,
+    n_outputs: int,
+    fraction: float,
+    iters: int = 30,
+    key: jax.Array | None = None,
+) -> np.ndarray:
+    """The learning-rate rule of the chapter: for each network, ``fraction`` of its largest
+    stable GD rate ``2 n k / λ_max`` (:func:`max_learning_rates`) on the training inputs
+    ``x`` ``(n, d)``, with ``λ_max`` of its own empirical NTK at initialization
+    (:func:`top_ntk_eigenvalue`, ``iters`` power iterations). Returns ``(S,)`` float64.
+
+    One rule for every phase and depth, so no rate is tuned per configuration.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must lie in (0, 1]: a fraction of the stable rate")
+    lam = top_ntk_eigenvalue(apply_fn, params_batch, x, iters=iters, key=key)
+    return fraction * max_learning_rates(lam, len(x) * n_outputs)
+
+
+def loss_ratios(f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``mean((f_s - y)²) / mean(y²)`` per network: the MSE reached relative to that of the
+    zero predictor (1 = no better than predicting 0, which with centred targets is the
+    best constant). ``f`` ``(S, n, k)``, ``y`` ``(n, k)``; returns ``(S,)`` (NaN/inf for a
+    diverged network)."""
+    f, y = np.asarray(f, np.float64), np.asarray(y, np.float64)
+    if f.ndim != 3 or f.shape[1:] != y.shape:
+        raise ValueError(f"f must be (S, n, k) with (n, k) = y.shape {y.shape}, got {f.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.mean((f - y) ** 2, axis=(1, 2)) / np.mean(y**2)
+
+
+def accuracies(f: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Classification accuracy (argmax over outputs) of each network: ``f`` ``(S, n, k)``,
+    integer ``labels`` ``(n,)``; returns ``(S,)``. A network with non-finite outputs
+    scores NaN."""
+    f = np.asarray(f, np.float64)
+    acc = np.mean(f.argmax(-1) == np.asarray(labels)[None], axis=1)
+    return np.where(np.all(np.isfinite(f), axis=(1, 2)), acc, np.nan)
+
+
+def first_mismatch(depths: Sequence[int], ratios: Sequence[float], factor: float) -> int | None:
+    """The first depth at which ``ratio`` (measured / predicted) leaves
+    ``[1 / factor, factor]`` (a non-finite ratio counts as leaving); ``None`` if none does."""
+    if factor <= 1.0:
+        raise ValueError(f"factor={factor} must be > 1")
+    for depth, r in zip(depths, ratios, strict=True):
+        if not (np.isfinite(r) and 1.0 / factor <= r <= factor):
+            return int(depth)
+    return None

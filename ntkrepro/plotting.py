@@ -33,6 +33,8 @@ LINEARIZED = "#ff7f0e"
 NTK = "#d62728"
 NNGP = "#2ca02c"
 DIVERGED = "#7f7f7f"
+#: A second network variant beside NETWORK (e.g. plain next to centered networks).
+VARIANT = "#9467bd"
 
 
 def use_style() -> None:

@@ -99,6 +99,9 @@ def _make_chunk(apply_fn, loss_fn, optimizer, n: int, batch_size: int | None, un
     return chunk
 
 
+_cached_chunk = lru_cache(maxsize=16)(_make_chunk)
+
+
 def _boundaries(steps: int, snapshot_steps: Sequence[int], chunk_size: int) -> list[int]:
     marks = {s for s in snapshot_steps if 0 < s < steps} | {steps}
     marks |= set(range(chunk_size, steps, chunk_size))
@@ -190,7 +193,13 @@ def train(
     _check_args(loss, steps, batch_size, x.shape[0])
     key = jax.random.PRNGKey(0) if key is None else key
     x, y = jnp.asarray(x), jnp.asarray(y)
-    chunk = _make_chunk(apply_fn, LOSSES[loss], optimizer, x.shape[0], batch_size, unroll)
+    # Cached like train_iterative_linearization's: one compilation per model and
+    # optimizer object (pass the same optimizer to a sweep of runs to compile once).
+    chunk_args = (apply_fn, LOSSES[loss], optimizer, x.shape[0], batch_size, unroll)
+    try:
+        chunk = _cached_chunk(*chunk_args)
+    except TypeError:
+        chunk = _make_chunk(*chunk_args)
 
     def run(state, length, first_step):
         *state, chunk_loss = chunk(*state, key, x, y, length, first_step)

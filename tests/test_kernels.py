@@ -147,3 +147,13 @@ def test_ortiz2021_models_by_name():
     assert models.count_params(params) == (5 * 7 + 7) + 2 * (7 * 7 + 7) + (7 + 1)
     with pytest.raises(ValueError, match="architecture"):
         models.ortiz2021("resnet18")
+
+
+def test_analytic_reuses_one_function_per_kernel_and_names():
+    _, _, kernel_fn = models.fcn(16, 2, 1)
+    x = np.random.RandomState(0).randn(10, 4)
+    first = kernels.analytic(kernel_fn, x, get="ntk", batch_size=5)
+    hits = kernels._cached_analytic_fn.cache_info().hits
+    again = kernels.analytic(kernel_fn, x[:6], get="ntk", batch_size=5)
+    assert kernels._cached_analytic_fn.cache_info().hits == hits + 1
+    np.testing.assert_allclose(again, first[:6, :6], rtol=1e-5)

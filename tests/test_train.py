@@ -107,3 +107,16 @@ def test_losses():
     assert float(train.sigmoid_bce(0 * one, one)) == pytest.approx(np.log(2))
     with pytest.raises(ValueError, match="unknown loss"):
         train.train(lambda p, x: x, {}, f, y, optimizer=optax.sgd(1.0), steps=1, loss="l1")
+
+
+def test_train_reuses_one_compilation_per_model_and_optimizer():
+    init_fn, apply_fn, _ = models.fcn(8, 1, 1)
+    x = np.random.RandomState(0).randn(16, 3).astype(np.float32)
+    y = np.ones((16, 1), np.float32)
+    _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    opt = optax.sgd(0.1)
+    first = train.train(apply_fn, params, x, y, optimizer=opt, steps=3, progress=False)
+    hits = train._cached_chunk.cache_info().hits
+    again = train.train(apply_fn, params, x, y, optimizer=opt, steps=3, progress=False)
+    assert train._cached_chunk.cache_info().hits == hits + 1
+    np.testing.assert_array_equal(first.loss, again.loss)

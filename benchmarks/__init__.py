@@ -1,0 +1,1 @@
+"""ntkrepro benchmarks (``make bench``); not part of ``make test``. See ``run.py``."""

@@ -1,0 +1,488 @@
+"""The ntkrepro benchmark suite: ``python -m benchmarks.run`` (``make bench``).
+
+Each benchmark times ntkrepro against a plain reference side by side in one process
+(calls interleaved, medians of repeats; see :mod:`ntkrepro.bench`), records peak memory,
+and writes ``results/bench/<name>.json`` (machine, versions, settings, every case) and
+``results/bench/summary.md`` (one table; the book's performance page can include it).
+
+    python -m benchmarks.run                      # all, default sizes (eNTK at n = 1000, 4000)
+    python -m benchmarks.run --quick              # smaller sizes, about a minute
+    python -m benchmarks.run --only entk solve    # some benchmarks
+    python -m benchmarks.run --only notebooks --rerun-notebooks smoke   # rerun, then read
+
+Absolute times depend on the machine and its load (recorded as load averages); the
+ratios are what the targets are about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import ntkrepro  # noqa: F401  (applies the neural-tangents compatibility layer)
+from ntkrepro import bench, config, data, experiments, kernels, models
+
+BENCHMARKS = ("entk", "analytic", "train", "solve", "notebooks")
+IMPLEMENTATIONS = ("jacobian_contraction", "structured_derivatives", "ntk_vector_products")
+
+
+def _mnist(n: int, factor: int, flatten: bool, seed: int = 0) -> np.ndarray:
+    """``n`` MNIST training images, average-pooled by ``factor`` (timings do not depend
+    on the pixel values, but real inputs keep the kernels realistic)."""
+    x = data.load_task("mnist", n, 10, seed)["x_train"]
+    x = experiments.downsample(x, factor) if factor > 1 else x
+    return x.reshape(n, -1) if flatten else x
+
+
+def _case(name: str, ours: dict, ref: dict, target: float | None, **extra) -> dict:
+    """One row: speed-up ``ref / ours`` of medians (and of the fastest calls), and whether
+    the median ratio meets ``target``."""
+    ratio = ref["median_s"] / ours["median_s"]
+    return {
+        "case": name,
+        "ours": ours,
+        "reference": ref,
+        "ratio": ratio,
+        # Fastest calls: less sensitive to a contended machine than medians.
+        "ratio_of_min": ref["min_s"] / ours["min_s"],
+        "target": None if target is None else f">= {target:g}",
+        "met": None if target is None else bool(ratio >= target),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------- eNTK
+
+
+def _entk_models() -> dict[str, tuple[Callable, Callable, int, bool]]:
+    """name: (init_fn, apply_fn, pooling factor of MNIST, flatten)."""
+    mlp = models.fcn(128, 2, 1)  # 196 -> 128 -> 128 -> 1
+    cnn = models.cnn(16, 2, 1, readout="gap")  # 7x7x1, two 3x3 convs, GAP, dense
+    return {"mlp": (*mlp[:2], 2, True), "cnn": (*cnn[:2], 4, False)}
+
+
+def choose_implementation(apply_fn, params, x, block: int, repeats: int) -> tuple[str, dict]:
+    """The fastest neural-tangents implementation for this model, timed on one
+    ``block x block`` kernel block (what :func:`kernels.empirical_ntk` computes per step)."""
+    xb = x[:block]
+    fns = {
+        impl: (
+            lambda impl=impl: kernels.empirical_ntk(
+                apply_fn, params, xb, batch_size=block, implementation=impl, check_memory=False
+            )
+        )
+        for impl in IMPLEMENTATIONS
+    }
+    times = bench.time_side_by_side(fns, repeats=repeats, warmup=1)
+    best = min(times, key=lambda k: times[k]["median_s"])
+    return best, {k: v["median_s"] for k, v in times.items()}
+
+
+def _entk_case(apply_fn, params, x, impl: str, batch_size: int, repeats: int) -> dict:
+    """Times (ours, reference), peak memory and agreement of one eNTK case."""
+    n = len(x)
+    n_params = models.count_params(params)
+
+    def ours():
+        return kernels.empirical_ntk(
+            apply_fn, params, x, batch_size=batch_size, implementation=impl
+        )
+
+    def ref():
+        return bench.entk_reference(apply_fn, params, x)
+
+    times = bench.time_side_by_side({"ours": ours, "ref": ref}, repeats)
+    k_ours, mem_ours = bench.peak_memory_mib(ours)
+    k_ref, mem_ref = bench.peak_memory_mib(ref)
+    err = float(np.max(np.abs(k_ours - np.asarray(k_ref))) / np.max(np.abs(k_ref)))
+    return {
+        "times": (times["ours"], times["ref"]),
+        "n": n,
+        "n_params": n_params,
+        "implementation": impl,
+        "batch_size": batch_size,
+        "peak_mib_ours": mem_ours,
+        "peak_mib_reference": mem_ref,
+        "kernel_mib": n * n * 4 / 2**20,
+        "jacobians_mib_reference": n * n_params * 4 / 2**20,
+        "max_rel_difference": err,
+    }
+
+
+def bench_entk(ns: list[int], repeats: int, batch_size: int = 256) -> dict:
+    """ntkrepro's batched eNTK (fastest implementation for the model) vs
+    :func:`ntkrepro.bench.entk_reference` (all Jacobians at once, one contraction)."""
+    targets = {"mlp": 1.0, "cnn": 3.0}
+    cases, choices = [], {}
+    for name, (init_fn, apply_fn, factor, flatten) in _entk_models().items():
+        x_all = _mnist(max(ns), factor, flatten)
+        _, params = init_fn(jax.random.PRNGKey(0), x_all[:1].shape)
+        t0 = time.perf_counter()
+        impl, block_times = choose_implementation(apply_fn, params, x_all, batch_size, repeats)
+        choices[name] = {
+            "chosen": impl,
+            "block_median_s": block_times,
+            "selection_s": time.perf_counter() - t0,
+        }
+        for n in ns:
+            case = _entk_case(apply_fn, params, x_all[:n], impl, batch_size, repeats)
+            cases.append(
+                _case(f"{name} n={n}", *case.pop("times"), targets[name], model=name, **case)
+            )
+            print(f"  entk {cases[-1]['case']}: {cases[-1]['ratio']:.2f}x", flush=True)
+    return {
+        "cases": cases,
+        "settings": {
+            "ns": ns,
+            "repeats": repeats,
+            "batch_size": batch_size,
+            "implementation_choice": choices,
+            "models": {
+                "mlp": "models.fcn(128, depth=2, out=1) on 14x14 MNIST (196 inputs)",
+                "cnn": "models.cnn(16 channels, depth=2, out=1, GAP) on 7x7 MNIST",
+            },
+            "reference": "bench.entk_reference: jit(vmap(jacrev)) of all n examples, one einsum",
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- analytic
+
+
+def bench_analytic(ns: list[int], repeats: int, gap_n: int, depth: int = 5) -> dict:
+    """ntkrepro's batched analytic NNGP+NTK of a deep ReLU FCN (float64) vs the numpy
+    arc-cosine recursion (:func:`ntkrepro.bench.relu_fcn_kernels`); CNN-GAP throughput."""
+    cases = []
+    x_all = _mnist(max(ns), 1, True)
+    _, _, kernel_fn = models.fcn(1, depth, 1)
+    for n in ns:
+        x = x_all[:n].astype(np.float64)
+
+        def ours(x=x):
+            with jax.enable_x64(True):
+                return kernels.analytic(kernel_fn, x, batch_size=256)
+
+        def ref(x=x):
+            return bench.relu_fcn_kernels(x, None, depth)
+
+        times = bench.time_side_by_side({"ours": ours, "ref": ref}, repeats)
+        k_ours, mem_ours = bench.peak_memory_mib(ours)
+        k_ref, mem_ref = bench.peak_memory_mib(ref)
+        err = float(np.max(np.abs(k_ours["ntk"] - k_ref[1])) / np.max(np.abs(k_ref[1])))
+        cases.append(
+            _case(
+                f"fcn depth {depth} n={n}",
+                times["ours"],
+                times["ref"],
+                None,
+                n=n,
+                entries_per_s_ours=n * n / times["ours"]["median_s"],
+                peak_mib_ours=mem_ours,
+                peak_mib_reference=mem_ref,
+                max_rel_difference=err,
+            )
+        )
+        print(f"  analytic {cases[-1]['case']}: {cases[-1]['ratio']:.2f}x", flush=True)
+    x = _mnist(gap_n, 4, False)
+    _, _, gap_fn = models.cnn(1, 2, 1, readout="gap")
+    t = bench.time_call(lambda: kernels.analytic(gap_fn, x, batch_size=32), repeats)
+    _, mem = bench.peak_memory_mib(lambda: kernels.analytic(gap_fn, x, batch_size=32))
+    gap = {
+        "case": f"cnn-gap 7x7 depth 2 n={gap_n}",
+        "ours": t,
+        "n": gap_n,
+        "entries_per_s": gap_n * gap_n / t["median_s"],
+        "peak_mib_ours": mem,
+        "ratio": None,
+        "target": None,
+        "met": None,
+    }
+    cases.append(gap)
+    print(f"  analytic {gap['case']}: {gap['entries_per_s']:.3g} entries/s", flush=True)
+    return {
+        "cases": cases,
+        "settings": {
+            "ns": ns,
+            "depth": depth,
+            "repeats": repeats,
+            "dtype": "float64 for both",
+            "reference": "bench.relu_fcn_kernels: numpy arc-cosine recursion, whole n x n",
+            "cnn_gap": "models.cnn(depth=2, GAP) on 7x7 MNIST, batch_size 32, float32",
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _train_times(width: int, x, y, batch_size: int, repeats: int) -> tuple[dict, dict]:
+    """One epoch of SGD on an FCN of ``width``: scanned (ours) and a Python loop (ref)."""
+    import optax
+
+    from ntkrepro import train
+
+    n = len(x)
+    steps = n // batch_size
+    init_fn, apply_fn, _ = models.fcn(width, 2, y.shape[1])
+    _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    opt = optax.sgd(0.1)
+    state0 = opt.init(params)
+    chunk = train._make_chunk(apply_fn, train.mse, opt, n, batch_size)
+    key = jax.random.PRNGKey(1)
+    xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y)
+
+    def scanned():
+        return chunk(params, state0, key, xj, yj, steps, 0)
+
+    @jax.jit
+    def step(p, s, xb, yb):
+        loss, grads = jax.value_and_grad(lambda q: train.mse(apply_fn(q, xb), yb))(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    perm = np.random.default_rng(0).permutation(n)
+
+    def loop():
+        p, s = params, state0
+        for i in range(steps):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            p, s, _ = step(p, s, xj[idx], yj[idx])
+        return p
+
+    times = bench.time_side_by_side({"ours": scanned, "ref": loop}, repeats)
+    return times["ours"], times["ref"]
+
+
+def bench_train(repeats: int, n: int = 1024, batch_size: int = 32) -> dict:
+    """One jit-compiled epoch (``lax.scan`` over minibatches, what :func:`ntkrepro.train.
+    train` runs) vs a Python loop of a jitted step over the same minibatches."""
+    cases = []
+    task = data.load_task("mnist", n, 10, 0)
+    x = experiments.downsample(task["x_train"], 2).reshape(n, -1)
+    y = data.one_hot(task["y_train"], 10)
+    steps = n // batch_size
+    for width in (64, 512):
+        ours, ref = _train_times(width, x, y, batch_size, repeats)
+        target = 2.0 if width == 64 else None
+        name = f"fcn width {width}, {steps} steps of batch {batch_size}"
+        cases.append(_case(name, ours, ref, target, width=width, steps=steps))
+        print(f"  train {cases[-1]['case']}: {cases[-1]['ratio']:.2f}x", flush=True)
+    return {
+        "cases": cases,
+        "settings": {
+            "n": n,
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "target": ">= 2x on the small model (width 64), where dispatch dominates",
+            "reference": "jax.jit of one SGD step, called from a Python loop",
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- kernel solve
+
+
+def bench_solve(ns: list[int], repeats: int, diag_reg: float = 1e-4) -> dict:
+    """``kernels.kernel_regression`` (float64 Cholesky) vs scipy's ``cho_factor`` +
+    ``cho_solve`` (parity expected) and vs sklearn's ``KernelRidge`` on the same kernel."""
+    import scipy.linalg
+    from sklearn.kernel_ridge import KernelRidge
+
+    cases = []
+    m = 500
+    task = data.load_task("mnist", max(ns), m, 0, flatten=True)
+    y_all = data.one_hot(task["y_train"], 10)
+    for n in ns:
+        x, xt = task["x_train"][:n], task["x_test"]
+        k, _ = bench.relu_fcn_kernels(x, None, 2)
+        ks, _ = bench.relu_fcn_kernels(xt, x, 2)
+        y = y_all[:n]
+        reg = diag_reg * np.trace(k) / n
+
+        def ours(k=k, ks=ks, y=y):
+            return kernels.kernel_regression(k, ks, y, diag_reg)
+
+        def scipy_ref(k=k, ks=ks, y=y, reg=reg):
+            factor = scipy.linalg.cho_factor(k + reg * np.eye(len(k)), lower=True)
+            return ks @ scipy.linalg.cho_solve(factor, y)
+
+        def sklearn_ref(k=k, ks=ks, y=y, reg=reg):
+            return KernelRidge(alpha=reg, kernel="precomputed").fit(k, y).predict(ks)
+
+        times = bench.time_side_by_side(
+            {"ours": ours, "scipy": scipy_ref, "sklearn": sklearn_ref}, repeats
+        )
+        p_ours, mem = bench.peak_memory_mib(ours)
+        diff = float(np.max(np.abs(p_ours - sklearn_ref())))
+        for other, target in (("scipy", 0.9), ("sklearn", None)):
+            cases.append(
+                _case(
+                    f"n={n} vs {other}",
+                    times["ours"],
+                    times[other],
+                    target,
+                    n=n,
+                    peak_mib_ours=mem,
+                    max_abs_difference_to_sklearn=diff,
+                )
+            )
+            print(f"  solve {cases[-1]['case']}: {cases[-1]['ratio']:.2f}x", flush=True)
+    return {
+        "cases": cases,
+        "settings": {
+            "ns": ns,
+            "n_test": m,
+            "outputs": 10,
+            "diag_reg": diag_reg,
+            "repeats": repeats,
+            "kernel": "NNGP of a depth-2 ReLU FCN on MNIST (float64)",
+            "target": "parity with scipy (ratio >= 0.9); sklearn reported, no target",
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- notebooks
+
+NOTEBOOK_TARGETS = {
+    "cpu": {"per_notebook_s": 300.0, "total_s": 5400.0},
+    "smoke": {"total_s": 600.0},
+}
+
+
+def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
+    """Wall time of every figure notebook, from ``runtime_s`` in the provenance of
+    ``results/<profile>/<paper>/<figure>/claim.json`` (written by ``ntkrepro run``);
+    ``rerun`` profiles are recomputed first (``ntkrepro run --force``)."""
+    from ntkrepro import run
+
+    for profile in rerun:
+        subprocess.run(
+            [sys.executable, "-m", "ntkrepro.run", "run", "--profile", profile, "--force"],
+            check=True,
+        )
+    cases, totals = [], {}
+    for profile in profiles:
+        total, missing = 0.0, []
+        for key in run.figures():
+            folder = config.results_root() / profile / key
+            try:
+                record = config.read_claim(folder)
+            except ValueError:
+                missing.append(key)
+                continue
+            runtime = float(record["provenance"]["runtime_s"])
+            total += runtime
+            limit = NOTEBOOK_TARGETS.get(profile, {}).get("per_notebook_s")
+            cases.append(
+                {
+                    "case": f"{profile} {key}",
+                    "profile": profile,
+                    "figure": key,
+                    "runtime_s": runtime,
+                    "started": record["provenance"].get("started"),
+                    "device": record["provenance"].get("device"),
+                    "state": config.result_state(key, profile)[0],
+                    "target": None if limit is None else f"<= {limit:g} s",
+                    "met": None if limit is None else runtime <= limit,
+                }
+            )
+        limit = NOTEBOOK_TARGETS.get(profile, {}).get("total_s")
+        totals[profile] = {
+            "total_s": total,
+            "figures": len(run.figures()) - len(missing),
+            "missing": missing,
+            "target": None if limit is None else f"<= {limit:g} s",
+            "met": None if limit is None or missing else total <= limit,
+        }
+        cases.append(
+            {
+                "case": f"{profile} all notebooks",
+                "runtime_s": total,
+                "target": totals[profile]["target"],
+                "met": totals[profile]["met"],
+                "missing": missing,
+            }
+        )
+    return {
+        "cases": cases,
+        "settings": {
+            "profiles": profiles,
+            "rerun": rerun,
+            "totals": totals,
+            "source": "runtime_s in results/<profile>/<paper>/<figure>/claim.json",
+            "targets": NOTEBOOK_TARGETS,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def write(name: str, result: dict, started: str, seconds: float, out: Path) -> Path:
+    record = {
+        "name": name,
+        "started": started,
+        "runtime_s": round(seconds, 2),
+        "machine": bench.machine(),
+        **result,
+    }
+    path = out / f"{name}.json"
+    config.atomic_write(path, (json.dumps(record, indent=1, default=float) + "\n").encode())
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (eNTK at n = 500, 1000)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median)")
+    ap.add_argument("--profiles", nargs="+", default=["cpu", "smoke"], help="notebook profiles")
+    ap.add_argument(
+        "--rerun-notebooks", nargs="*", default=[], metavar="PROFILE", help="rerun these first"
+    )
+    ap.add_argument("--out", type=Path, default=None, help="default: results/bench")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import report
+
+    args = parser().parse_args(argv)
+    out = args.out or config.results_root() / "bench"
+    ns = [500, 1000] if args.quick else [1000, 4000]
+    jobs = {
+        "entk": lambda: bench_entk(ns, args.repeats),
+        "analytic": lambda: bench_analytic(ns, args.repeats, 32 if args.quick else 64),
+        "train": lambda: bench_train(args.repeats),
+        "solve": lambda: bench_solve(
+            [500, 1000] if args.quick else [1000, 2000, 4000], args.repeats
+        ),
+        "notebooks": lambda: bench_notebooks(args.profiles, args.rerun_notebooks),
+    }
+    for name in args.only:
+        print(f"{name} ...", flush=True)
+        started = dt.datetime.now(dt.UTC).isoformat()
+        t0 = time.perf_counter()
+        result = jobs[name]()
+        result["settings"]["quick"] = args.quick
+        path = write(name, result, started, time.perf_counter() - t0, out)
+        print(f"  wrote {path}", flush=True)
+    summary = report.markdown(out)
+    config.atomic_write(out / "summary.md", summary.encode())
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
