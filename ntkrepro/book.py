@@ -18,7 +18,7 @@ so the HTML ends in ``_build/<profile>/_build/html`` (see :func:`html_dir`), and
 internal links (:func:`check_links`) and that no script is loaded from the network
 (:func:`remote_scripts`). Staging refuses a figure whose results are missing, malformed,
 corrupt (a file fails its checksum in claim.json) or stale (parameters or code changed
-since the run; :func:`ntkrepro.config.result_state`, the same test as ``ntkrepro run``),
+since the run; :func:`ntkrepro.results.result_state`, the same test as ``ntkrepro run``),
 naming the page and the command that redoes it. The build runs jupyter-book in a
 subprocess and never executes a notebook.
 
@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from ntkrepro import config
+from ntkrepro.results import result_state
 
 VERDICTS: tuple[str, ...] = ("reproduced", "partly reproduced", "not reproduced")
 #: sphinx-design badge role per verdict: coloured, and the verdict is spelled out in it.
@@ -621,7 +621,7 @@ def _figure_problems(
                 )
     if not problems:
         base = Path(results or Path(root) / "results")
-        state, reason = config.result_state(key, profile, root=Path(root), results=base)
+        state, reason = result_state(key, profile, root=Path(root), results=base)
         if state == "stale" and allow_stale:
             claim[STALE_KEY] = reason
         elif state != "current":

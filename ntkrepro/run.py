@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrepro import config
+from ntkrepro.results import result_state, seal_notebook
 
 
 def figures(root: Path | None = None) -> list[str]:
@@ -51,8 +52,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def status(key: str, profile: str, explicit: dict[str, Any]) -> str:
     """``current``, ``stale`` (parameters or code changed), ``missing`` or ``corrupt``
-    (a result file fails its checksum); see :func:`ntkrepro.config.result_state`."""
-    return config.result_state(key, profile, explicit)[0]
+    (a result file fails its checksum); see :func:`ntkrepro.results.result_state`."""
+    return result_state(key, profile, explicit)[0]
 
 
 def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
@@ -88,7 +89,7 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
         os.replace(scratch, final)
     finally:
         scratch.unlink(missing_ok=True)
-    config.seal_notebook(final.parent, final)
+    seal_notebook(final.parent, final)
     return final
 
 
@@ -106,7 +107,7 @@ def _select(only: Sequence[str] | None) -> list[str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     for key in figures():
-        state, reason = config.result_state(key, args.profile)
+        state, reason = result_state(key, args.profile)
         note = ""
         if state in ("current", "stale"):
             claim = config.results_root() / args.profile / key / config.CLAIM_FILE
@@ -124,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.resolve(key, args.profile, explicit)
     failed = []
     for key in keys:
-        state, reason = config.result_state(key, args.profile, explicit)
+        state, reason = result_state(key, args.profile, explicit)
         if state == "current" and not args.force:
             print(f"[skip] {key}: results are current ({args.profile})")
             continue

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ntkrepro import book, config
+from ntkrepro import book, config, results
 
 ROOT = Path(os.environ.get("NTKREPRO_ROOT", Path(__file__).resolve().parents[1]))
 KEY = "lee2020/kernels_vs_networks"
@@ -141,10 +141,10 @@ def write_results(
     claim = fake_claim(profile) if claim is None else claim
     prov = claim["provenance"]
     prov["parameters"] = config.resolve(KEY, claim["profile"], {}, root)
-    prov["code_files"] = config.code_files(KEY, root, modules=["ntkrepro"])
-    prov["code_hash"] = config.code_hash(KEY, root, modules=["ntkrepro"])
-    claim["checksums"] = {p.name: config.sha256_file(p) for p in config.result_files(folder)}
-    config.write_claim(folder, claim)
+    prov["code_files"] = results.code_files(KEY, root, modules=["ntkrepro"])
+    prov["code_hash"] = results.code_hash(KEY, root, modules=["ntkrepro"])
+    claim["checksums"] = {p.name: results.sha256_file(p) for p in results.result_files(folder)}
+    results.write_claim(folder, claim)
     return folder
 
 
