@@ -18,7 +18,9 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +58,23 @@ def status(key: str, profile: str, explicit: dict[str, Any]) -> str:
     return result_state(key, profile, explicit)[0]
 
 
+def _ipc_kernel_manager(folder: Path) -> type:
+    """A kernel manager that talks to the kernel over local IPC sockets in ``folder``.
+
+    Papermill's default (TCP on localhost, unencrypted) makes ipykernel >= 7 print a
+    security warning into every run; IPC sockets are files only this user can open.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(folder / "kernel"))
+            super().__init__(*args, **kwargs)
+
+    return IPCKernelManager
+
+
 def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
     """Run one notebook with papermill; returns the executed notebook's path.
 
@@ -73,6 +92,7 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
     scratch.parent.mkdir(parents=True, exist_ok=True)
     os.environ["NTKREPRO_PROGRESS"] = "0"  # the kernel inherits it: no progress logs in pages
     started = time.time()
+    sockets = Path(tempfile.mkdtemp(prefix="ntkrepro-kernel-"))
     try:
         papermill.execute_notebook(
             str(config.notebook_path(key)),
@@ -81,6 +101,7 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
             cwd=str(root),
             progress_bar=False,
             kernel_name="python3",
+            kernel_manager_class=_ipc_kernel_manager(sockets),
         )
         claim = final.parent / config.CLAIM_FILE
         # The claim must be this run's: an earlier run's would be sealed with a wrong page.
@@ -89,6 +110,7 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
         os.replace(scratch, final)
     finally:
         scratch.unlink(missing_ok=True)
+        shutil.rmtree(sockets, ignore_errors=True)
     seal_notebook(final.parent, final)
     return final
 
