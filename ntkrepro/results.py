@@ -426,6 +426,18 @@ class Run:
         atomic_write(path, npz_bytes({"provenance": np.frombuffer(prov, np.uint8), **arrays}))
         return path
 
+    def save_text(self, filename: str, text: str) -> Path:
+        """Write ``<dir>/<filename>`` (e.g. ``table.csv``, ``table.md``) as UTF-8 text.
+
+        For tables meant for other tools; numbers that the claim uses belong in
+        :meth:`save_json` or :meth:`save_arrays`, which carry the provenance.
+        """
+        if Path(filename).name != filename or filename in (CLAIM_FILE, "") or filename[0] == ".":
+            raise ValueError(f"{filename!r}: give a plain file name such as 'table.csv'")
+        path = self.dir / filename
+        atomic_write(path, text.encode("utf-8"))
+        return path
+
     def save_figure(self, fig, name: str = "figure") -> list[Path]:
         """Write the figure as PDF and PNG into the results folder."""
         from ntkrepro.plotting import save

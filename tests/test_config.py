@@ -126,3 +126,12 @@ def test_arrays_are_saved_without_pickle(results_dir):
     with np.load(path, allow_pickle=False) as z:
         assert np.array_equal(z["kernel"], np.eye(3))
         assert json.loads(z["provenance"].tobytes())["profile"] == "smoke"
+
+
+def test_save_text_writes_into_the_run_folder_and_refuses_paths(results_dir):
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    path = r.save_text("table.csv", "a,b\n1,2\n")
+    assert path.parent == r.dir and path.read_text() == "a,b\n1,2\n"
+    for bad in ("../x.csv", "claim.json", ".hidden", "sub/x.csv"):
+        with pytest.raises(ValueError, match="plain file name"):
+            r.save_text(bad, "x")
