@@ -650,3 +650,16 @@ def test_full_build_of_a_fake_book(fake_root: Path) -> None:
         pytest.skip(f"cannot check rendering: {err}")
     assert "<mjx-container" in dom  # MathJax typeset the formulas, offline
     assert "<mjx-merror" not in dom
+
+
+def test_stage_includes_the_benchmark_tables_or_says_how_to_make_them(
+    fake_root: Path, no_npm: Path
+) -> None:
+    write_results(fake_root)
+    page = book.stage("cpu", fake_root) / "book" / "_generated" / "benchmarks.md"
+    assert "run `make bench`" in page.read_text()
+    bench = fake_root / "results" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "summary.md").write_text("| case | ours (s) |\n|---|---|\n| mlp n=1000 | 0.2 |\n")
+    page = book.stage("cpu", fake_root) / "book" / "_generated" / "benchmarks.md"
+    assert page.read_text() == (bench / "summary.md").read_text()
