@@ -6,7 +6,8 @@ write ``import ntkrepro`` and then ``import neural_tangents as nt``.
 """
 
 from ntkrepro import compat as compat  # noqa: I001  (must run before neural_tangents)
-from ntkrepro.config import ParameterError, Run, start
+from ntkrepro.config import ParameterError
+from ntkrepro.results import Run, start
 
 __version__ = "0.1.0"
 

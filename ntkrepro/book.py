@@ -18,7 +18,7 @@ so the HTML ends in ``_build/<profile>/_build/html`` (see :func:`html_dir`), and
 internal links (:func:`check_links`) and that no script is loaded from the network
 (:func:`remote_scripts`). Staging refuses a figure whose results are missing, malformed,
 corrupt (a file fails its checksum in claim.json) or stale (parameters or code changed
-since the run; :func:`ntkrepro.config.result_state`, the same test as ``ntkrepro run``),
+since the run; :func:`ntkrepro.results.result_state`, the same test as ``ntkrepro run``),
 naming the page and the command that redoes it. The build runs jupyter-book in a
 subprocess and never executes a notebook.
 
@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from ntkrepro import config
+from ntkrepro.results import result_state
 
 VERDICTS: tuple[str, ...] = ("reproduced", "partly reproduced", "not reproduced")
 #: sphinx-design badge role per verdict: coloured, and the verdict is spelled out in it.
@@ -621,7 +621,7 @@ def _figure_problems(
                 )
     if not problems:
         base = Path(results or Path(root) / "results")
-        state, reason = config.result_state(key, profile, root=Path(root), results=base)
+        state, reason = result_state(key, profile, root=Path(root), results=base)
         if state == "stale" and allow_stale:
             claim[STALE_KEY] = reason
         elif state != "current":
@@ -732,8 +732,9 @@ def stage(
     Copies ``_config.yml`` and ``book/``, copies each figure's executed notebook from
     ``results/<profile>/<paper>/<figure>/<figure>.ipynb`` to ``notebooks/<paper>/<figure>.ipynb``,
     adds an offline MathJax and writes ``book/status.md`` (with each figure.png copied to
-    ``book/figures/``). The folder is recreated from scratch so that no page of an
-    earlier staging survives. ``results`` and ``allow_stale``: see :func:`collect_claims`.
+    ``book/figures/``) and ``book/_generated/benchmarks.md`` (:func:`benchmark_summary`).
+    The folder is recreated from scratch so that no page of an earlier staging survives.
+    ``results`` and ``allow_stale``: see :func:`collect_claims`.
 
     Raises:
         StagingError: if a TOC page is missing, or a figure's results are missing,
@@ -762,7 +763,22 @@ def stage(
             claim[THUMBNAIL_KEY] = image.as_posix()
     _copy_mathjax(es5, src / VENDOR_DIR / "mathjax")
     (src / "book" / "status.md").write_text(render_status(claims, profile), encoding="utf-8")
+    generated = src / "book" / "_generated"
+    generated.mkdir()
+    (generated / "benchmarks.md").write_text(benchmark_summary(root, results), encoding="utf-8")
     return src
+
+
+def benchmark_summary(root: Path, results: Path | None = None) -> str:
+    """The tables ``make bench`` wrote (``results/bench/summary.md``), for the Performance
+    page to include; a note saying how to make them when there are none."""
+    path = Path(results or Path(root) / "results") / "bench" / "summary.md"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    return (
+        "No benchmark results were found when this book was built: run `make bench`, "
+        "then `ntkrepro book` again.\n"
+    )
 
 
 # ---------------------------------------------------------------------------- build

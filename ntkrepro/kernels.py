@@ -20,7 +20,7 @@ import neural_tangents as nt
 import numpy as np
 import scipy.linalg
 
-from ntkrepro import config
+from ntkrepro import memory
 
 IMPLEMENTATIONS = {
     "jacobian_contraction": nt.NtkImplementation.JACOBIAN_CONTRACTION,
@@ -71,7 +71,7 @@ def analytic(
     The dtype follows JAX's (float64 when ``jax_enable_x64`` is on). With
     ``check_memory``, a kernel whose estimated size (:func:`analytic_bytes`, a lower
     bound) exceeds the available memory is refused before computing
-    (:class:`ntkrepro.config.MemoryBudgetError`).
+    (:class:`ntkrepro.memory.MemoryBudgetError`).
     """
     names = (get,) if isinstance(get, str) else tuple(get)
     if check_memory:
@@ -123,7 +123,7 @@ def empirical_ntk(
     per-output kernels; with ``()`` it is ``(n1, n2, k, k)``. With ``check_memory``, a
     computation whose estimate (:func:`empirical_ntk_bytes`: the kernel on the host, the
     Jacobians of two blocks on the device) exceeds the available memory is refused
-    before computing (:class:`ntkrepro.config.MemoryBudgetError`).
+    before computing (:class:`ntkrepro.memory.MemoryBudgetError`).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -454,11 +454,11 @@ def _require(what: str, parts: dict[str, int], device_part: str, fix: str = "") 
     """Check the result (host) and the working blocks (device) against their memories;
     on a CPU both share the host's RAM, so their sum is checked."""
     if jax.devices()[0].platform == "cpu":
-        config.require_memory(what, parts, where="host", fix=fix)
+        memory.require_memory(what, parts, where="host", fix=fix)
         return
     host = {k: v for k, v in parts.items() if k != device_part}
-    config.require_memory(what, host, where="host", fix=fix)
-    config.require_memory(what, {device_part: parts[device_part]}, where="device", fix=fix)
+    memory.require_memory(what, host, where="host", fix=fix)
+    memory.require_memory(what, {device_part: parts[device_part]}, where="device", fix=fix)
 
 
 # ------------------------------------------------- sweeps and posteriors (Lee et al. 2020)

@@ -18,13 +18,16 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ntkrepro import config
+from ntkrepro.results import result_state, seal_notebook
 
 
 def figures(root: Path | None = None) -> list[str]:
@@ -51,8 +54,25 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def status(key: str, profile: str, explicit: dict[str, Any]) -> str:
     """``current``, ``stale`` (parameters or code changed), ``missing`` or ``corrupt``
-    (a result file fails its checksum); see :func:`ntkrepro.config.result_state`."""
-    return config.result_state(key, profile, explicit)[0]
+    (a result file fails its checksum); see :func:`ntkrepro.results.result_state`."""
+    return result_state(key, profile, explicit)[0]
+
+
+def _ipc_kernel_manager(folder: Path) -> type:
+    """A kernel manager that talks to the kernel over local IPC sockets in ``folder``.
+
+    Papermill's default (TCP on localhost, unencrypted) makes ipykernel >= 7 print a
+    security warning into every run; IPC sockets are files only this user can open.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(folder / "kernel"))
+            super().__init__(*args, **kwargs)
+
+    return IPCKernelManager
 
 
 def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
@@ -72,6 +92,7 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
     scratch.parent.mkdir(parents=True, exist_ok=True)
     os.environ["NTKREPRO_PROGRESS"] = "0"  # the kernel inherits it: no progress logs in pages
     started = time.time()
+    sockets = Path(tempfile.mkdtemp(prefix="ntkrepro-kernel-"))
     try:
         papermill.execute_notebook(
             str(config.notebook_path(key)),
@@ -80,6 +101,7 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
             cwd=str(root),
             progress_bar=False,
             kernel_name="python3",
+            kernel_manager_class=_ipc_kernel_manager(sockets),
         )
         claim = final.parent / config.CLAIM_FILE
         # The claim must be this run's: an earlier run's would be sealed with a wrong page.
@@ -88,7 +110,8 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
         os.replace(scratch, final)
     finally:
         scratch.unlink(missing_ok=True)
-    config.seal_notebook(final.parent, final)
+        shutil.rmtree(sockets, ignore_errors=True)
+    seal_notebook(final.parent, final)
     return final
 
 
@@ -106,7 +129,7 @@ def _select(only: Sequence[str] | None) -> list[str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     for key in figures():
-        state, reason = config.result_state(key, args.profile)
+        state, reason = result_state(key, args.profile)
         note = ""
         if state in ("current", "stale"):
             claim = config.results_root() / args.profile / key / config.CLAIM_FILE
@@ -124,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.resolve(key, args.profile, explicit)
     failed = []
     for key in keys:
-        state, reason = config.result_state(key, args.profile, explicit)
+        state, reason = result_state(key, args.profile, explicit)
         if state == "current" and not args.force:
             print(f"[skip] {key}: results are current ({args.profile})")
             continue

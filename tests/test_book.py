@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ntkrepro import book, config
+from ntkrepro import book, config, results
 
 ROOT = Path(os.environ.get("NTKREPRO_ROOT", Path(__file__).resolve().parents[1]))
 KEY = "lee2020/kernels_vs_networks"
@@ -141,10 +141,10 @@ def write_results(
     claim = fake_claim(profile) if claim is None else claim
     prov = claim["provenance"]
     prov["parameters"] = config.resolve(KEY, claim["profile"], {}, root)
-    prov["code_files"] = config.code_files(KEY, root, modules=["ntkrepro"])
-    prov["code_hash"] = config.code_hash(KEY, root, modules=["ntkrepro"])
-    claim["checksums"] = {p.name: config.sha256_file(p) for p in config.result_files(folder)}
-    config.write_claim(folder, claim)
+    prov["code_files"] = results.code_files(KEY, root, modules=["ntkrepro"])
+    prov["code_hash"] = results.code_hash(KEY, root, modules=["ntkrepro"])
+    claim["checksums"] = {p.name: results.sha256_file(p) for p in results.result_files(folder)}
+    results.write_claim(folder, claim)
     return folder
 
 
@@ -650,3 +650,16 @@ def test_full_build_of_a_fake_book(fake_root: Path) -> None:
         pytest.skip(f"cannot check rendering: {err}")
     assert "<mjx-container" in dom  # MathJax typeset the formulas, offline
     assert "<mjx-merror" not in dom
+
+
+def test_stage_includes_the_benchmark_tables_or_says_how_to_make_them(
+    fake_root: Path, no_npm: Path
+) -> None:
+    write_results(fake_root)
+    page = book.stage("cpu", fake_root) / "book" / "_generated" / "benchmarks.md"
+    assert "run `make bench`" in page.read_text()
+    bench = fake_root / "results" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "summary.md").write_text("| case | ours (s) |\n|---|---|\n| mlp n=1000 | 0.2 |\n")
+    page = book.stage("cpu", fake_root) / "book" / "_generated" / "benchmarks.md"
+    assert page.read_text() == (bench / "summary.md").read_text()

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntkrepro import config, run
+from ntkrepro import config, results, run
 from ntkrepro.config import ParameterError
 
 KEY = "lee2020/kernels_vs_networks"
@@ -63,20 +63,20 @@ def test_start_reads_papermill_injected_cell(results_dir):
     defaults = config.notebook_defaults(KEY)
     injected = '# Parameters\nprofile = "smoke"\nsteps = 300\n'
     namespace = {**defaults, "profile": "smoke", "In": ["", "...", injected]}
-    r = config.start(KEY, namespace)
+    r = results.start(KEY, namespace)
     # steps was injected explicitly (equal to the cpu default): it wins over smoke's.
     assert r.params["steps"] == 300
     assert r.params["n_test"] == config.load_profiles()[KEY]["smoke"]["n_test"]
     namespace["In"].append("# Parameters\nwidht = 3\n")
     namespace["widht"] = 3
     with pytest.raises(ParameterError, match="widht"):
-        config.start(KEY, namespace)
+        results.start(KEY, namespace)
 
 
 def test_start_without_ipython_catches_stray_globals(results_dir):
     namespace = {**config.notebook_defaults(KEY), "typo_param": 1}
     with pytest.raises(ParameterError, match="typo_param"):
-        config.start(KEY, namespace)
+        results.start(KEY, namespace)
 
 
 def test_seed_keys_depend_on_name_not_order():
@@ -93,8 +93,8 @@ def test_seed_keys_depend_on_name_not_order():
 
 def test_atomic_write_leaves_no_temporary(tmp_path):
     path = tmp_path / "a" / "b.json"
-    config.atomic_write(path, b"{}")
-    config.atomic_write(path, b'{"x": 1}')
+    results.atomic_write(path, b"{}")
+    results.atomic_write(path, b'{"x": 1}')
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
 
@@ -102,27 +102,36 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
 def test_finish_publishes_only_complete_runs(results_dir):
     from ntkrepro.claims import compare
 
-    r = config.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
     r.save_json("numbers", {"x": [1, 2]})
     assert not r.final_dir.exists(), "results must not appear before finish()"
     r.finish([compare("a", "claim", "x", 1.0, "<=", 2.0)], title="t", scale="s", deviations=[])
     assert (r.final_dir / "claim.json").exists() and not r.dir.exists()
     first = json.loads((r.final_dir / "numbers.json").read_text())
     assert first["provenance"]["parameters"]["profile"] == "smoke"
-    modules = config.loaded_modules()
-    assert first["provenance"]["code_hash"] == config.code_hash(KEY, modules=modules)
+    modules = results.loaded_modules()
+    assert first["provenance"]["code_hash"] == results.code_hash(KEY, modules=modules)
     # A second run that fails before finish() leaves the first results in place.
-    r2 = config.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    r2 = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
     r2.save_json("numbers", {"x": [3]})
     assert json.loads((r.final_dir / "numbers.json").read_text())["data"] == {"x": [1, 2]}
     # ...and the next start() clears the leftover partial folder.
-    config.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
     assert not r2.dir.exists()
 
 
 def test_arrays_are_saved_without_pickle(results_dir):
-    r = config.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
     path = r.save_arrays("k", kernel=np.eye(3))
     with np.load(path, allow_pickle=False) as z:
         assert np.array_equal(z["kernel"], np.eye(3))
         assert json.loads(z["provenance"].tobytes())["profile"] == "smoke"
+
+
+def test_save_text_writes_into_the_run_folder_and_refuses_paths(results_dir):
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    path = r.save_text("table.csv", "a,b\n1,2\n")
+    assert path.parent == r.dir and path.read_text() == "a,b\n1,2\n"
+    for bad in ("../x.csv", "claim.json", ".hidden", "sub/x.csv"):
+        with pytest.raises(ValueError, match="plain file name"):
+            r.save_text(bad, "x")

@@ -32,6 +32,12 @@ def test_notebook_is_committed_clean(key):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     for cell in code:
         assert not cell.outputs and cell.execution_count is None, f"{key} has outputs"
+    # The page shows the figure, not the matplotlib code that draws it (a toggle reveals it).
+    drawing = [c for c in code if "run.save_figure(" in c.source]
+    assert drawing, f"{key} never calls run.save_figure"
+    for cell in drawing:
+        tags = cell.metadata.get("tags", [])
+        assert "hide-input" in tags, f"{key}: tag the figure cell hide-input"
 
 
 @pytest.fixture(scope="module")

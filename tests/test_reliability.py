@@ -22,7 +22,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from ntkrepro import book, config, kernels, models, plotting, run
+from ntkrepro import book, config, kernels, memory, models, plotting, results, run
 from ntkrepro.claims import compare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def _folder(project: Path, profile: str = "smoke") -> Path:
 def _make_results(profile: str = "smoke", **explicit) -> Path:
     """A finished run of fake/fig made in this process (no kernel), sealed like
     ``ntkrepro run`` seals it."""
-    r = config.start(FAKE, {"profile": profile, **explicit})  # as a script: no IPython
+    r = results.start(FAKE, {"profile": profile, **explicit})  # as a script: no IPython
     x = np.arange(r.params["n"], dtype=np.float32)
     r.save_json("numbers", {"x": x})
     r.save_arrays("arrays", x=x)
@@ -133,7 +133,7 @@ def _make_results(profile: str = "smoke", **explicit) -> Path:
     r.finish([compare("a", "claim", "x", 1.0, "<=", 2.0)], title="t", scale="s", deviations=[])
     executed = r.final_dir / "fig.ipynb"
     executed.write_text(json.dumps(_notebook("", "")))
-    config.seal_notebook(r.final_dir, executed)
+    results.seal_notebook(r.final_dir, executed)
     return r.final_dir
 
 
@@ -217,7 +217,7 @@ def test_every_result_file_records_its_provenance(project: Path) -> None:
     numbers = json.loads((folder / "numbers.json").read_text())["provenance"]
     with np.load(folder / "arrays.npz", allow_pickle=False) as z:
         arrays = json.loads(z["provenance"].tobytes())
-    claim = config.read_claim(folder)["provenance"]
+    claim = results.read_claim(folder)["provenance"]
     assert numbers == arrays
     for field in ("started", "runtime_s"):  # the moment of the run: claim.json only
         assert field not in numbers and field in claim
@@ -235,9 +235,9 @@ def test_every_result_file_records_its_provenance(project: Path) -> None:
 
 def test_npz_bytes_are_stable_and_load_without_pickle(tmp_path: Path) -> None:
     arrays = {"a": np.arange(3.0), "b": np.eye(2, dtype=np.float32)}
-    first = config.npz_bytes(arrays)
+    first = results.npz_bytes(arrays)
     time.sleep(1.1)  # np.savez would stamp a new time
-    assert config.npz_bytes(arrays) == first
+    assert results.npz_bytes(arrays) == first
     (tmp_path / "x.npz").write_bytes(first)
     with np.load(tmp_path / "x.npz", allow_pickle=False) as z:
         assert np.array_equal(z["b"], arrays["b"]) and z["b"].dtype == np.float32
@@ -247,7 +247,7 @@ def test_npz_bytes_are_stable_and_load_without_pickle(tmp_path: Path) -> None:
 
 
 def _state(explicit: dict | None = None, profile: str = "smoke") -> tuple[str, str]:
-    return config.result_state(FAKE, profile, explicit or {})
+    return results.result_state(FAKE, profile, explicit or {})
 
 
 def test_current_results_are_skipped_stale_ones_named(project: Path) -> None:
@@ -268,9 +268,9 @@ def test_current_results_are_skipped_stale_ones_named(project: Path) -> None:
 
 def test_a_change_to_an_imported_module_makes_results_stale(project: Path) -> None:
     folder = _make_results()
-    record = config.read_claim(folder)
+    record = results.read_claim(folder)
     record["provenance"]["code_files"]["ntkrepro/claims.py"] = "0" * 64
-    config.write_claim(folder, record)  # as if claims.py had been different during the run
+    results.write_claim(folder, record)  # as if claims.py had been different during the run
     assert _state() == ("stale", "code changed since the run: ntkrepro/claims.py")
 
 
@@ -354,7 +354,7 @@ def test_missing_result_file_is_detected(project: Path) -> None:
 
 
 def test_results_without_executed_notebook_are_missing(project: Path) -> None:
-    r = config.start(FAKE, {"profile": "smoke"})  # a run outside `ntkrepro run`
+    r = results.start(FAKE, {"profile": "smoke"})  # a run outside `ntkrepro run`
     r.finish([compare("a", "c", "x", 1.0, "<=", 2.0)], title="t", scale="s", deviations=[])
     state, reason = _state()
     assert state == "missing" and "no executed notebook" in reason
@@ -444,7 +444,7 @@ def test_memory_estimate_refuses_before_compute(monkeypatch: pytest.MonkeyPatch)
         raise AssertionError("the kernel must not be computed")
 
     x = np.zeros((1000, 4), np.float32)
-    with pytest.raises(config.MemoryBudgetError) as err:
+    with pytest.raises(memory.MemoryBudgetError) as err:
         kernels.analytic(kernel_fn, x)
     message = str(err.value)
     assert "1000 x 1000" in message and "0.008 GB" in message and "0.001 GB" in message
@@ -461,7 +461,7 @@ def test_wide_deep_empirical_ntk_is_refused_with_the_number(
     init_fn, apply_fn, _ = models.fcn(1024, 3, 10)
     _, params = jax.eval_shape(lambda k: init_fn(k, (1, 8)), jax.random.PRNGKey(0))  # shapes
     x = jnp.zeros((256, 8))
-    with pytest.raises(config.MemoryBudgetError) as err:
+    with pytest.raises(memory.MemoryBudgetError) as err:
         kernels.empirical_ntk(apply_fn, params, x)
     message = str(err.value)
     # 2.1M parameters x 10 outputs x 2 blocks of 128, float32: 22 GB of Jacobians.
@@ -516,7 +516,7 @@ def test_bad_input_is_refused_and_results_are_untouched(
 
 def test_unknown_profile_is_refused_by_start(project: Path) -> None:
     with pytest.raises(config.ParameterError, match="unknown profile 'gpu'.*smoke, cpu, paper"):
-        config.start(FAKE, {**config.notebook_defaults(FAKE), "profile": "gpu"})
+        results.start(FAKE, {**config.notebook_defaults(FAKE), "profile": "gpu"})
 
 
 @pytest.mark.slow
