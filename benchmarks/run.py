@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 import ntkrepro  # noqa: F401  (applies the neural-tangents compatibility layer)
-from ntkrepro import bench, config, data, experiments, kernels, models
+from ntkrepro import bench, config, data, experiments, kernels, models, results
 
 BENCHMARKS = ("entk", "analytic", "train", "solve", "notebooks")
 IMPLEMENTATIONS = ("jacobian_contraction", "structured_derivatives", "ntk_vector_products")
@@ -375,7 +375,7 @@ def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
         for key in run.figures():
             folder = config.results_root() / profile / key
             try:
-                record = config.read_claim(folder)
+                record = results.read_claim(folder)
             except ValueError:
                 missing.append(key)
                 continue
@@ -390,7 +390,7 @@ def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
                     "runtime_s": runtime,
                     "started": record["provenance"].get("started"),
                     "device": record["provenance"].get("device"),
-                    "state": config.result_state(key, profile)[0],
+                    "state": results.result_state(key, profile)[0],
                     "target": None if limit is None else f"<= {limit:g} s",
                     "met": None if limit is None else runtime <= limit,
                 }
@@ -436,7 +436,7 @@ def write(name: str, result: dict, started: str, seconds: float, out: Path) -> P
         **result,
     }
     path = out / f"{name}.json"
-    config.atomic_write(path, (json.dumps(record, indent=1, default=float) + "\n").encode())
+    results.atomic_write(path, (json.dumps(record, indent=1, default=float) + "\n").encode())
     return path
 
 
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         path = write(name, result, started, time.perf_counter() - t0, out)
         print(f"  wrote {path}", flush=True)
     summary = report.markdown(out)
-    config.atomic_write(out / "summary.md", summary.encode())
+    results.atomic_write(out / "summary.md", summary.encode())
     print(summary)
     return 0
 

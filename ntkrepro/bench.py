@@ -244,16 +244,16 @@ def machine() -> dict[str, Any]:
     """Where a benchmark ran: host, CPU model and count, load averages at the time
     (a contended machine inflates absolute times; ratios measured side by side less so),
     JAX device, and package versions."""
-    from ntkrepro import compat, config
+    from ntkrepro import compat, results
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "host": platform.node(),
         "platform": platform.platform(),
-        "cpu": config._cpu_model(),
+        "cpu": results.cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15": list(load) if load else None,
-        "device": config._device_name(jax.devices()[0]),
+        "device": results.device_name(jax.devices()[0]),
         "versions": compat.versions(),
         "memory_method": MEMORY_METHOD,
     }

@@ -120,7 +120,7 @@ def device_name(device) -> str:
     )
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name (Linux), else the platform's processor string."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -151,7 +151,7 @@ def provenance() -> dict[str, Any]:
         "git_dirty": None if status is None else bool(status),
         "device": device_name(device),
         "device_count": jax.device_count(),
-        "host": {"system": platform.system(), "machine": platform.machine(), "cpu": _cpu_model()},
+        "host": {"system": platform.system(), "machine": platform.machine(), "cpu": cpu_model()},
     }
 
 
