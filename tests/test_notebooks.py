@@ -32,6 +32,9 @@ def test_notebook_is_committed_clean(key):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     for cell in code:
         assert not cell.outputs and cell.execution_count is None, f"{key} has outputs"
+    # Progress bars through ntkrepro.progress: off under `ntkrepro run`, so executed pages
+    # carry no widgets (and no widget scripts from a CDN).
+    assert not any("from tqdm" in c.source for c in code), f"{key}: use ntkrepro.progress.tqdm"
     # The page shows the figure, not the matplotlib code that draws it (a toggle reveals it).
     drawing = [c for c in code if "run.save_figure(" in c.source]
     assert drawing, f"{key} never calls run.save_figure"

@@ -120,3 +120,13 @@ def test_train_reuses_one_compilation_per_model_and_optimizer():
     again = train.train(apply_fn, params, x, y, optimizer=opt, steps=3, progress=False)
     assert train._cached_chunk.cache_info().hits == hits + 1
     np.testing.assert_array_equal(first.loss, again.loss)
+
+
+def test_progress_bars_are_off_under_ntkrepro_run(monkeypatch):
+    from ntkrepro import progress
+
+    monkeypatch.setenv("NTKREPRO_PROGRESS", "0")
+    assert not progress.enabled() and progress.tqdm(range(3)).disable
+    monkeypatch.setenv("NTKREPRO_PROGRESS", "1")
+    assert progress.enabled() and not progress.tqdm(range(3)).disable
+    assert progress.tqdm(range(3), disable=True).disable
