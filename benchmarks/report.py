@@ -51,6 +51,7 @@ def table(record: dict) -> list[str]:
             f"{_fmt(memory[0])} / {_fmt(memory[1])}",
         ]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    lines += ["", *(f"- {note}" for note in record.get("notes", []))] if record.get("notes") else []
     machine = record.get("machine", {})
     load = machine.get("load_average_1_5_15")
     lines += [

@@ -19,6 +19,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,12 @@ def entk_reference(apply_fn: Callable, params, x1, x2=None) -> jax.Array:
     return _entk_reference_jit(apply_fn, params, x1, x1 if x2 is None else x2)
 
 
-def _jacobians(apply_fn, params, x):
+# Written out here rather than shared with kernels.empirical_ntk, which keeps Jacobians
+# the same way: a reference must not share code with what it checks.
+@partial(jax.jit, static_argnums=0)
+def reference_jacobians(apply_fn: Callable, params, x) -> jax.Array:
+    """Per-example Jacobians ``(n, k, n_params)`` of ``x`` ``(n, ...)``, all at once."""
+
     def one(p, xi):
         return apply_fn(p, xi[None])[0]  # (k,)
 
@@ -185,18 +191,16 @@ def _jacobians(apply_fn, params, x):
     return jnp.concatenate([leaf.reshape(leaf.shape[0], leaf.shape[1], -1) for leaf in leaves], -1)
 
 
-_jacobians_jit = jax.jit(_jacobians, static_argnums=0)
-
-
 @jax.jit
-def _entk_core(j1, j2):
+def reference_contraction(j1: jax.Array, j2: jax.Array) -> jax.Array:
+    """``(n1, k, P), (n2, k, P) -> (n1, n2)``: one einsum, mean over outputs."""
     return jnp.einsum("ikp,jkp->ij", j1, j2) / j1.shape[1]
 
 
 def _entk_reference_jit(apply_fn, params, x1, x2):
-    j1 = _jacobians_jit(apply_fn, params, jnp.asarray(x1))
-    j2 = j1 if x2 is x1 else _jacobians_jit(apply_fn, params, jnp.asarray(x2))
-    return _entk_core(j1, j2)
+    j1 = reference_jacobians(apply_fn, params, jnp.asarray(x1))
+    j2 = j1 if x2 is x1 else reference_jacobians(apply_fn, params, jnp.asarray(x2))
+    return reference_contraction(j1, j2)
 
 
 def relu_fcn_kernels(

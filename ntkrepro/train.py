@@ -8,17 +8,18 @@ are kept at chosen steps. A loss that becomes NaN/inf stops training and is reco
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import neural_tangents as nt
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+
+from ntkrepro import progress as _progress
+from ntkrepro.memo import memoized
 
 
 def mse(f: jax.Array, y: jax.Array) -> jax.Array:
@@ -99,7 +100,7 @@ def _make_chunk(apply_fn, loss_fn, optimizer, n: int, batch_size: int | None, un
     return chunk
 
 
-_cached_chunk = lru_cache(maxsize=16)(_make_chunk)
+_chunk = memoized(16)(_make_chunk)
 
 
 def _boundaries(steps: int, snapshot_steps: Sequence[int], chunk_size: int) -> list[int]:
@@ -136,8 +137,8 @@ def _drive(
     losses: list[np.ndarray] = []
     done = 0
     if progress is None:
-        progress = os.environ.get("NTKREPRO_PROGRESS", "1") != "0"
-    with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+        progress = _progress.enabled()
+    with _progress.tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
         for stop in _boundaries(steps, snapshot_steps, chunk_size):
             new_state, chunk_loss = chunk(state, stop - done, done)
             chunk_loss = np.asarray(chunk_loss)
@@ -196,10 +197,7 @@ def train(
     # Cached like train_iterative_linearization's: one compilation per model and
     # optimizer object (pass the same optimizer to a sweep of runs to compile once).
     chunk_args = (apply_fn, LOSSES[loss], optimizer, x.shape[0], batch_size, unroll)
-    try:
-        chunk = _cached_chunk(*chunk_args)
-    except TypeError:
-        chunk = _make_chunk(*chunk_args)
+    chunk = _chunk(*chunk_args)
 
     def run(state, length, first_step):
         *state, chunk_loss = chunk(*state, key, x, y, length, first_step)
@@ -285,7 +283,7 @@ def _make_iterative_chunk(
     return chunk
 
 
-_cached_iterative_chunk = lru_cache(maxsize=16)(_make_iterative_chunk)
+_iterative_chunk = memoized(16)(_make_iterative_chunk)
 
 
 def train_iterative_linearization(
@@ -343,10 +341,7 @@ def train_iterative_linearization(
     # Cached, so that runs of one model with one optimizer object (e.g. a sweep over K)
     # compile once; unhashable arguments just build a fresh chunk.
     chunk_args = (apply_fn, LOSSES[loss], optimizer, x.shape[0], batch_size, unroll)
-    try:
-        chunk = _cached_iterative_chunk(*chunk_args)
-    except TypeError:
-        chunk = _make_iterative_chunk(*chunk_args)
+    chunk = _iterative_chunk(*chunk_args)
 
     def updates_before(step: int) -> int:  # re-linearizations at steps 1..step-1
         return (step - 1) // k if k and step > 0 else 0

@@ -153,7 +153,48 @@ def test_analytic_reuses_one_function_per_kernel_and_names():
     _, _, kernel_fn = models.fcn(16, 2, 1)
     x = np.random.RandomState(0).randn(10, 4)
     first = kernels.analytic(kernel_fn, x, get="ntk", batch_size=5)
-    hits = kernels._cached_analytic_fn.cache_info().hits
+    hits = kernels._analytic_fn.cache_info().hits
     again = kernels.analytic(kernel_fn, x[:6], get="ntk", batch_size=5)
-    assert kernels._cached_analytic_fn.cache_info().hits == hits + 1
+    assert kernels._analytic_fn.cache_info().hits == hits + 1
     np.testing.assert_allclose(again, first[:6, :6], rtol=1e-5)
+
+
+@pytest.mark.parametrize("traced", [True, False], ids=["trace_axes=(-1,)", "trace_axes=()"])
+@pytest.mark.parametrize("model", ["fcn", "cnn"])
+def test_kept_jacobians_equal_the_block_pair_path(problem, model, traced, monkeypatch):
+    """Jacobian contraction with all Jacobians kept (each computed once, upper triangle
+    mirrored) gives nt.batch's kernel, symmetric or not, with uneven last blocks."""
+    x, xt, _ = problem
+    if model == "cnn":
+        init_fn, apply_fn, _ = models.cnn(4, 1, 3, readout="gap")
+        x, xt = x[:, :4].reshape(23, 2, 2, 1), xt[:, :4].reshape(7, 2, 2, 1)
+    else:
+        init_fn, apply_fn, _ = models.fcn(32, 1, 3)
+    _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+    axes = (-1,) if traced else ()
+    assert kernels.keeps_jacobians(apply_fn, params, x, None, axes)
+    pairs = [(x, None), (xt, x)]
+    kept = [
+        kernels.empirical_ntk(apply_fn, params, a, b, batch_size=5, trace_axes=axes)
+        for a, b in pairs
+    ]
+    monkeypatch.setattr(kernels, "KEEP_JACOBIANS_BYTES", 0)
+    assert not kernels.keeps_jacobians(apply_fn, params, x, None, axes)
+    for (a, b), got in zip(pairs, kept, strict=True):
+        blocked = kernels.empirical_ntk(apply_fn, params, a, b, batch_size=5, trace_axes=axes)
+        assert got.shape == blocked.shape == (len(a), len(x)) + (() if traced else (3, 3))
+        np.testing.assert_allclose(got, blocked, rtol=1e-5, atol=1e-6)
+    square = kept[0]
+    mirrored = square.T if traced else square.transpose(1, 0, 3, 2)
+    np.testing.assert_allclose(square, mirrored, rtol=1e-6, atol=1e-7)
+
+
+def test_keeping_jacobians_needs_flat_outputs_and_a_budget(problem, monkeypatch):
+    x, _, _ = problem
+    init_fn, apply_fn, _ = models.fcn(32, 1, 3)
+    _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+    n_bytes = len(x) * 3 * models.count_params(params) * 4  # float32 Jacobians of x
+    monkeypatch.setattr(kernels, "KEEP_JACOBIANS_BYTES", n_bytes)
+    assert kernels.keeps_jacobians(apply_fn, params, x)
+    assert not kernels.keeps_jacobians(apply_fn, params, x, x)  # twice the Jacobians
+    assert not kernels.keeps_jacobians(apply_fn, params, x, trace_axes=(0,))

@@ -116,9 +116,9 @@ def test_train_reuses_one_compilation_per_model_and_optimizer():
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
     opt = optax.sgd(0.1)
     first = train.train(apply_fn, params, x, y, optimizer=opt, steps=3, progress=False)
-    hits = train._cached_chunk.cache_info().hits
+    hits = train._chunk.cache_info().hits
     again = train.train(apply_fn, params, x, y, optimizer=opt, steps=3, progress=False)
-    assert train._cached_chunk.cache_info().hits == hits + 1
+    assert train._chunk.cache_info().hits == hits + 1
     np.testing.assert_array_equal(first.loss, again.loss)
 
 

@@ -1,0 +1,38 @@
+"""One compiled function per model: memoized factories.
+
+JAX caches a compilation on the function object, so a factory that builds a jitted
+function (or hands one to ``nt.batch``) must return the *same* object for the same
+model to avoid recompiling on every call: kernel snapshots during training, ridge
+sweeps, several data set sizes. Arguments that cannot be hashed (a ``functools.partial``
+of a dict, say) still work: they get a fresh function, compiled on every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache, wraps
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+def memoized(maxsize: int) -> Callable[[F], F]:
+    """Decorator: cache a factory's results on its (hashable) arguments, keeping up to
+    ``maxsize`` of them; unhashable arguments bypass the cache. ``cache_info`` and
+    ``cache_clear`` are those of the underlying :func:`functools.lru_cache`."""
+
+    def wrap(make: F) -> F:
+        cached = lru_cache(maxsize=maxsize)(make)
+
+        @wraps(make)
+        def get(*args):
+            try:
+                return cached(*args)
+            except TypeError:  # an unhashable argument
+                return make(*args)
+
+        get.cache_info = cached.cache_info
+        get.cache_clear = cached.cache_clear
+        return get
+
+    return wrap
