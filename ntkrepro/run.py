@@ -72,7 +72,25 @@ def _ipc_kernel_manager(folder: Path) -> type:
             kwargs.setdefault("ip", str(folder / "kernel"))
             super().__init__(*args, **kwargs)
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw.setdefault("preexec_fn", _die_with_parent)
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
     return IPCKernelManager
+
+
+def _die_with_parent() -> None:
+    """In the kernel, before exec: get SIGKILL when the runner dies (Linux).
+
+    The kernel runs in its own session, so killing ``ntkrepro run`` (Ctrl-C twice, a job
+    scheduler's kill) would leave it computing; it would then publish a results folder
+    without the executed notebook, replacing the earlier complete one.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
