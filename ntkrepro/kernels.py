@@ -134,12 +134,12 @@ def empirical_ntk(
             f"unknown eNTK implementation {implementation!r}; known: {', '.join(IMPLEMENTATIONS)}"
         )
     trace_axes = tuple(trace_axes)
-    keep = implementation == "jacobian_contraction" and keeps_jacobians(
-        apply_fn, params, x1, x2, trace_axes
-    )
+    shapes = _model_shapes(apply_fn, params, x1)  # traces the model once, computes nothing
+    kept_bytes = _kept_jacobian_bytes(*shapes, x1, x2, trace_axes)
+    keep = implementation == "jacobian_contraction" and kept_bytes is not None
     if check_memory:
         _check_empirical_memory(
-            apply_fn, params, x1, x2, batch_size, implementation, trace_axes, keep
+            *shapes, x1, x2, batch_size, implementation, trace_axes, kept_bytes if keep else None
         )
     if keep:
         return _entk_kept_jacobians(apply_fn, params, x1, x2, batch_size, bool(trace_axes))
@@ -160,13 +160,20 @@ def keeps_jacobians(apply_fn: Callable, params, x1, x2=None, trace_axes=(-1,)) -
     """Whether :func:`empirical_ntk` (Jacobian contraction) keeps all Jacobians: one
     device, outputs ``(n, k)``, and ``(n1 [+ n2]) * k * n_params`` floats within
     :data:`KEEP_JACOBIANS_BYTES`."""
-    if jax.local_device_count() > 1 or tuple(trace_axes) not in ((-1,), (1,), ()):
-        return False
-    n_params, out_shape = _model_shapes(apply_fn, params, x1)
+    shapes = _model_shapes(apply_fn, params, x1)
+    return _kept_jacobian_bytes(*shapes, x1, x2, tuple(trace_axes)) is not None
+
+
+def _kept_jacobian_bytes(n_params: int, out_shape, x1, x2, trace_axes) -> int | None:
+    """Bytes of all examples' Jacobians, or None where they are not kept (see
+    :func:`keeps_jacobians`)."""
+    if jax.local_device_count() > 1 or trace_axes not in ((-1,), (1,), ()):
+        return None
     if len(out_shape) != 1:
-        return False
+        return None
     n = len(x1) + (0 if x2 is None else len(x2))
-    return n * out_shape[0] * n_params * _itemsize() <= KEEP_JACOBIANS_BYTES
+    n_bytes = n * out_shape[0] * n_params * _itemsize()
+    return n_bytes if n_bytes <= KEEP_JACOBIANS_BYTES else None
 
 
 @memoized(32)
@@ -505,10 +512,10 @@ def empirical_ntk_bytes(
 
 
 def _check_empirical_memory(
-    apply_fn, params, x1, x2, batch_size, implementation, trace_axes, keep: bool
+    n_params, out_shape, x1, x2, batch_size, implementation, trace_axes, kept_bytes
 ):
-    """Refuse an eNTK whose estimate exceeds the memory (see :func:`empirical_ntk_bytes`)."""
-    n_params, out_shape = _model_shapes(apply_fn, params, x1)
+    """Refuse an eNTK whose estimate exceeds the memory (see :func:`empirical_ntk_bytes`);
+    ``kept_bytes``: the Jacobians of all examples, where they are kept, else None."""
     n_outputs = math.prod(out_shape)
     n1, n2 = len(x1), len(x1 if x2 is None else x2)
     parts = empirical_ntk_bytes(
@@ -519,8 +526,8 @@ def _check_empirical_memory(
         batch_size=batch_size,
         traced=bool(trace_axes),
     )
-    if keep:  # all examples' Jacobians, each once
-        parts["jacobians"] = (n1 + (0 if x2 is None else n2)) * n_outputs * n_params * _itemsize()
+    if kept_bytes is not None:  # all examples' Jacobians, each once
+        parts["jacobians"] = kept_bytes
     elif implementation not in ("jacobian_contraction", "auto"):
         parts["jacobians"] = 0  # other implementations never hold whole Jacobians
     what = f"the empirical NTK of {n1} x {n2} examples ({n_params:,} parameters)"
