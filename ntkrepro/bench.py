@@ -257,7 +257,7 @@ def machine() -> dict[str, Any]:
         "cpu": results.cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15": list(load) if load else None,
-        "device": results.device_name(jax.devices()[0]),
+        "device": memory.device_name(jax.devices()[0]),
         "versions": compat.versions(),
         "memory_method": MEMORY_METHOD,
     }

@@ -20,16 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ntkrepro.errors import ParameterError
+
 PROFILES = ("smoke", "cpu", "paper")
 PROFILE_FILE = Path(__file__).with_name("profiles.toml")
 #: Files of a results folder that are not results: the claim record itself (it holds the
 #: checksums of the others) and temporary files of :func:`atomic_write` (dot files).
 CLAIM_FILE = "claim.json"
 _PLAIN = (bool, int, float, str, list, tuple, dict, type(None))
-
-
-class ParameterError(ValueError):
-    """A notebook parameter is unknown, of the wrong type or out of range."""
 
 
 def repo_root() -> Path:

@@ -5,12 +5,25 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ntkrepro.config import ParameterError
-from ntkrepro.results import device_name
+from ntkrepro.errors import MemoryBudgetError
 
 
-class MemoryBudgetError(ParameterError):
-    """A computation would need more memory than the machine has (estimated beforehand)."""
+def device_name(device) -> str:
+    """``cpu``, or the platform and model of an accelerator (``gpu: NVIDIA H100 ...``)."""
+    kind = getattr(device, "device_kind", "") or ""
+    return (
+        device.platform if kind.lower() in ("", device.platform) else f"{device.platform}: {kind}"
+    )
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (``ru_maxrss``): a machine
+    fact for provenance, never a result (it varies from run to run)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
 
 
 def _meminfo_available() -> int | None:

@@ -34,6 +34,7 @@ from ntkrepro.config import (
     results_root,
     seed_key,
 )
+from ntkrepro.memory import device_name
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -110,14 +111,6 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def device_name(device) -> str:
-    """``cpu``, or the platform and model of an accelerator (``gpu: NVIDIA H100 ...``)."""
-    kind = getattr(device, "device_kind", "") or ""
-    return (
-        device.platform if kind.lower() in ("", device.platform) else f"{device.platform}: {kind}"
-    )
 
 
 def cpu_model() -> str:
