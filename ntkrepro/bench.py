@@ -248,7 +248,7 @@ def machine() -> dict[str, Any]:
     """Where a benchmark ran: host, CPU model and count, load averages at the time
     (a contended machine inflates absolute times; ratios measured side by side less so),
     JAX device, and package versions."""
-    from ntkrepro import compat, results
+    from ntkrepro import compat, memory, results
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
