@@ -1,7 +1,7 @@
 """The ntkrepro benchmark suite: ``python -m benchmarks.run`` (``make bench``).
 
 Each benchmark times ntkrepro against a plain reference side by side in one process
-(calls interleaved, medians of repeats; see :mod:`ntkrepro.bench`), records peak memory,
+(calls interleaved, medians of repeats; see :mod:`ntkrepro.measure`), records peak memory,
 and writes ``results/bench/<name>.json`` (machine, versions, settings, every case) and
 ``results/bench/summary.md`` (one table; the book's performance page can include it).
 
@@ -30,7 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import ntkrepro  # noqa: F401  (applies the neural-tangents compatibility layer)
-from ntkrepro import bench, config, data, experiments, kernels, models, results
+from benchmarks.reference import (
+    entk_reference,
+    reference_contraction,
+    reference_jacobians,
+    relu_fcn_kernels,
+)
+from ntkrepro import config, data, experiments, kernels, measure, models, results
 
 BENCHMARKS = ("entk", "analytic", "train", "solve", "notebooks")
 IMPLEMENTATIONS = ("jacobian_contraction", "structured_derivatives", "ntk_vector_products")
@@ -83,7 +89,7 @@ def choose_implementation(apply_fn, params, x, block: int, repeats: int) -> tupl
         )
         for impl in IMPLEMENTATIONS
     }
-    times = bench.time_side_by_side(fns, repeats=repeats, warmup=1)
+    times = measure.time_side_by_side(fns, repeats=repeats, warmup=1)
     best = min(times, key=lambda k: times[k]["median_s"])
     return best, {k: v["median_s"] for k, v in times.items()}
 
@@ -99,21 +105,21 @@ def _entk_case(apply_fn, params, x, impl: str, batch_size: int, repeats: int) ->
         )
 
     def ref():
-        return bench.entk_reference(apply_fn, params, x)
+        return entk_reference(apply_fn, params, x)
 
-    jac = bench.reference_jacobians(apply_fn, params, jnp.asarray(x))
+    jac = reference_jacobians(apply_fn, params, jnp.asarray(x))
 
     def contraction():  # the reference's contraction alone: a floor for any method
-        return bench.reference_contraction(jac, jac)
+        return reference_contraction(jac, jac)
 
     fns = {"ours": ours, "ref": ref, "contraction": contraction}
-    times = bench.time_side_by_side(fns, repeats)
+    times = measure.time_side_by_side(fns, repeats)
     blocks = -(-n // batch_size)
     # Best case for a method that contracts the same float32 Jacobians: free Jacobians
     # and only the upper triangle of blocks (what keeping the Jacobians does).
     floor_s = times["contraction"]["median_s"] * (blocks + 1) / (2 * blocks)
-    k_ours, mem_ours = bench.peak_memory_mib(ours)
-    k_ref, mem_ref = bench.peak_memory_mib(ref)
+    k_ours, mem_ours = measure.peak_memory_mib(ours)
+    k_ref, mem_ref = measure.peak_memory_mib(ref)
     err = float(np.max(np.abs(k_ours - np.asarray(k_ref))) / np.max(np.abs(k_ref)))
     return {
         "times": (times["ours"], times["ref"]),
@@ -154,7 +160,7 @@ def entk_note(case: dict) -> str:
 
 def bench_entk(ns: list[int], repeats: int, batch_size: int = 256) -> dict:
     """ntkrepro's batched eNTK (fastest implementation for the model) vs
-    :func:`ntkrepro.bench.entk_reference` (all Jacobians at once, one contraction)."""
+    :func:`benchmarks.reference.entk_reference` (all Jacobians at once, one contraction)."""
     targets = {"mlp": 1.0, "cnn": 3.0}
     cases, choices = [], {}
     for name, (init_fn, apply_fn, factor, flatten) in _entk_models().items():
@@ -186,7 +192,7 @@ def bench_entk(ns: list[int], repeats: int, batch_size: int = 256) -> dict:
                 "mlp": "models.fcn(128, depth=2, out=1) on 14x14 MNIST (196 inputs)",
                 "cnn": "models.cnn(16 channels, depth=2, out=1, GAP) on 7x7 MNIST",
             },
-            "reference": "bench.entk_reference: jit(vmap(jacrev)) of all n examples, one einsum",
+            "reference": "reference.entk_reference: jit(vmap(jacrev)) of all n examples, one einsum",
         },
     }
 
@@ -196,7 +202,7 @@ def bench_entk(ns: list[int], repeats: int, batch_size: int = 256) -> dict:
 
 def bench_analytic(ns: list[int], repeats: int, gap_n: int, depth: int = 5) -> dict:
     """ntkrepro's batched analytic NNGP+NTK of a deep ReLU FCN (float64) vs the numpy
-    arc-cosine recursion (:func:`ntkrepro.bench.relu_fcn_kernels`); CNN-GAP throughput."""
+    arc-cosine recursion (:func:`benchmarks.reference.relu_fcn_kernels`); CNN-GAP throughput."""
     cases = []
     x_all = _mnist(max(ns), 1, True)
     _, _, kernel_fn = models.fcn(1, depth, 1)
@@ -208,11 +214,11 @@ def bench_analytic(ns: list[int], repeats: int, gap_n: int, depth: int = 5) -> d
                 return kernels.analytic(kernel_fn, x, batch_size=256)
 
         def ref(x=x):
-            return bench.relu_fcn_kernels(x, None, depth)
+            return relu_fcn_kernels(x, None, depth)
 
-        times = bench.time_side_by_side({"ours": ours, "ref": ref}, repeats)
-        k_ours, mem_ours = bench.peak_memory_mib(ours)
-        k_ref, mem_ref = bench.peak_memory_mib(ref)
+        times = measure.time_side_by_side({"ours": ours, "ref": ref}, repeats)
+        k_ours, mem_ours = measure.peak_memory_mib(ours)
+        k_ref, mem_ref = measure.peak_memory_mib(ref)
         err = float(np.max(np.abs(k_ours["ntk"] - k_ref[1])) / np.max(np.abs(k_ref[1])))
         cases.append(
             _case(
@@ -230,8 +236,8 @@ def bench_analytic(ns: list[int], repeats: int, gap_n: int, depth: int = 5) -> d
         print(f"  analytic {cases[-1]['case']}: {cases[-1]['ratio']:.2f}x", flush=True)
     x = _mnist(gap_n, 4, False)
     _, _, gap_fn = models.cnn(1, 2, 1, readout="gap")
-    t = bench.time_call(lambda: kernels.analytic(gap_fn, x, batch_size=32), repeats)
-    _, mem = bench.peak_memory_mib(lambda: kernels.analytic(gap_fn, x, batch_size=32))
+    t = measure.time_call(lambda: kernels.analytic(gap_fn, x, batch_size=32), repeats)
+    _, mem = measure.peak_memory_mib(lambda: kernels.analytic(gap_fn, x, batch_size=32))
     gap = {
         "case": f"cnn-gap 7x7 depth 2 n={gap_n}",
         "ours": t,
@@ -251,7 +257,7 @@ def bench_analytic(ns: list[int], repeats: int, gap_n: int, depth: int = 5) -> d
             "depth": depth,
             "repeats": repeats,
             "dtype": "float64 for both",
-            "reference": "bench.relu_fcn_kernels: numpy arc-cosine recursion, whole n x n",
+            "reference": "reference.relu_fcn_kernels: numpy arc-cosine recursion, whole n x n",
             "cnn_gap": "models.cnn(depth=2, GAP) on 7x7 MNIST, batch_size 32, float32",
         },
     }
@@ -294,7 +300,7 @@ def _train_times(width: int, x, y, batch_size: int, repeats: int) -> tuple[dict,
             p, s, _ = step(p, s, xj[idx], yj[idx])
         return p
 
-    times = bench.time_side_by_side({"ours": scanned, "ref": loop}, repeats)
+    times = measure.time_side_by_side({"ours": scanned, "ref": loop}, repeats)
     return times["ours"], times["ref"]
 
 
@@ -339,8 +345,8 @@ def bench_solve(ns: list[int], repeats: int, diag_reg: float = 1e-4) -> dict:
     y_all = data.one_hot(task["y_train"], 10)
     for n in ns:
         x, xt = task["x_train"][:n], task["x_test"]
-        k, _ = bench.relu_fcn_kernels(x, None, 2)
-        ks, _ = bench.relu_fcn_kernels(xt, x, 2)
+        k, _ = relu_fcn_kernels(x, None, 2)
+        ks, _ = relu_fcn_kernels(xt, x, 2)
         y = y_all[:n]
         reg = diag_reg * np.trace(k) / n
 
@@ -354,10 +360,10 @@ def bench_solve(ns: list[int], repeats: int, diag_reg: float = 1e-4) -> dict:
         def sklearn_ref(k=k, ks=ks, y=y, reg=reg):
             return KernelRidge(alpha=reg, kernel="precomputed").fit(k, y).predict(ks)
 
-        times = bench.time_side_by_side(
+        times = measure.time_side_by_side(
             {"ours": ours, "scipy": scipy_ref, "sklearn": sklearn_ref}, repeats
         )
-        p_ours, mem = bench.peak_memory_mib(ours)
+        p_ours, mem = measure.peak_memory_mib(ours)
         diff = float(np.max(np.abs(p_ours - sklearn_ref())))
         for other, target in (("scipy", 0.9), ("sklearn", None)):
             cases.append(
@@ -398,17 +404,17 @@ def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
     """Wall time of every figure notebook, from ``runtime_s`` in the provenance of
     ``results/<profile>/<paper>/<figure>/claim.json`` (written by ``ntkrepro run``);
     ``rerun`` profiles are recomputed first (``ntkrepro run --force``)."""
-    from ntkrepro import run
+    from ntkrepro.tooling import cli
 
     for profile in rerun:
         subprocess.run(
-            [sys.executable, "-m", "ntkrepro.run", "run", "--profile", profile, "--force"],
+            [sys.executable, "-m", "ntkrepro.tooling.cli", "run", "--profile", profile, "--force"],
             check=True,
         )
     cases, totals = [], {}
     for profile in profiles:
         total, missing = 0.0, []
-        for key in run.figures():
+        for key in cli.figures():
             folder = config.results_root() / profile / key
             try:
                 record = results.read_claim(folder)
@@ -434,7 +440,7 @@ def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
         limit = NOTEBOOK_TARGETS.get(profile, {}).get("total_s")
         totals[profile] = {
             "total_s": total,
-            "figures": len(run.figures()) - len(missing),
+            "figures": len(cli.figures()) - len(missing),
             "missing": missing,
             "target": None if limit is None else f"<= {limit:g} s",
             "met": None if limit is None or missing else total <= limit,
@@ -468,7 +474,7 @@ def write(name: str, result: dict, started: str, seconds: float, out: Path) -> P
         "name": name,
         "started": started,
         "runtime_s": round(seconds, 2),
-        "machine": bench.machine(),
+        "machine": measure.machine(),
         **result,
     }
     path = out / f"{name}.json"

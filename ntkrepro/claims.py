@@ -2,8 +2,12 @@
 
 A check is a plain dict (it goes to ``claim.json`` as is)::
 
-    {"id": "a", "paper_claim": "...", "check": "gap <= 0.02", "measured": {"gap": 0.013},
-     "threshold": 0.02, "verdict": "reproduced"}
+    {"id": "a", "paper_claim": "...", "check": "gap <= tolerance = 0.02", "quantity": "gap",
+     "op": "<=", "threshold": 0.02, "threshold_parameter": "tolerance",
+     "measured": {"gap": 0.013}, "verdict": "reproduced"}
+
+This module is the one home of the verdict vocabulary; ``claim.schema.json`` beside it
+documents the whole ``claim.json`` record.
 
 A claim that fails is reported as "not reproduced" with its numbers; it is never an
 error, and never a reason to change the threshold after the fact.
@@ -14,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ntkrepro.files import jsonable, number
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -28,16 +34,6 @@ _OPS = {
 }
 
 
-def _number(x: Any) -> float | int | bool | None:
-    """A JSON-safe scalar (NaN/inf become None)."""
-    if isinstance(x, bool):
-        return x
-    if isinstance(x, int) or (hasattr(x, "dtype") and x.dtype.kind in "iu"):
-        return int(x)
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def compare(
     claim_id: str,
     paper_claim: str,
@@ -46,9 +42,10 @@ def compare(
     op: str,
     threshold: float,
     *,
+    threshold_parameter: str | None = None,
     measured: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Check ``value op threshold`` for the measured ``quantity``.
+    """The check record of ``value op threshold`` for the measured ``quantity``.
 
     Args:
       claim_id: short id ("a", "b", ...).
@@ -56,34 +53,29 @@ def compare(
       quantity: name of the measured number (shown as ``"<quantity> <op> <threshold>"``).
       value: the measured number; NaN fails the check.
       op: one of ``<=, <, >=, >``.
-      threshold: fixed before the run (a notebook parameter).
+      threshold: fixed before the run: the value of the notebook parameter
+        ``threshold_parameter`` (:meth:`ntkrepro.results.Run.check` passes both).
       measured: further numbers to record beside ``value``.
     """
     if op not in _OPS:
         raise ValueError(f"op {op!r} not in {list(_OPS)}")
     ok = math.isfinite(float(value)) and _OPS[op](float(value), float(threshold))
-    numbers = {quantity: _number(value)}
-    numbers.update({k: _jsonable(v) for k, v in (measured or {}).items()})
-    return {
+    numbers = {quantity: number(value)}
+    numbers.update({k: jsonable(v) for k, v in (measured or {}).items()})
+    bound = f"{threshold_parameter} = {threshold:g}" if threshold_parameter else f"{threshold:g}"
+    record = {
         "id": claim_id,
         "paper_claim": paper_claim,
-        "check": f"{quantity} {op} {threshold:g}",
+        "check": f"{quantity} {op} {bound}",
+        "quantity": quantity,
+        "op": op,
         "measured": numbers,
         "threshold": float(threshold),
         "verdict": REPRODUCED if ok else NOT_REPRODUCED,
     }
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, str) or v is None:
-        return v
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return _number(v)
+    if threshold_parameter:
+        record["threshold_parameter"] = threshold_parameter
+    return record
 
 
 def overall(checks: Sequence[Mapping[str, Any]]) -> str:

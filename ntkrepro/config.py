@@ -241,6 +241,65 @@ def resolve(
     return params
 
 
+class Params(Mapping):
+    """A run's resolved parameters, read-only: ``p.n_train`` or ``p["n_train"]``."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            known = ", ".join(sorted(self._values))
+            raise AttributeError(f"no parameter {name!r}; known: {known}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"parameters are read-only (set {name} in the parameters cell)")
+
+    def __repr__(self) -> str:
+        return f"Params(profile={self._values.get('profile')!r}, {len(self)} parameters)"
+
+
+def _paper_table(key: str) -> dict[str, Any]:
+    return load_profiles().get(key, {}).get("paper", {})
+
+
+def paper_deviations(key: str, params: Mapping[str, Any]) -> list[str]:
+    """``"dataset mnist (paper: cifar10)"`` for each parameter that the figure's ``paper``
+    profile sets and this run sets differently, in parameters-cell order."""
+    paper = _paper_table(key)
+    return [
+        f"{name} {_show(params[name])} (paper: {_show(paper[name])})"
+        for name in params
+        if name in paper and params[name] != paper[name]
+    ]
+
+
+def scale_line(key: str, params: Mapping[str, Any]) -> str:
+    """The run's scale: the parameters that the figure's ``paper`` profile names, with
+    this run's values (``"dataset mnist, n_train 1000, widths [64, 256]"``)."""
+    paper = _paper_table(key)
+    return ", ".join(f"{name} {_show(params[name])}" for name in params if name in paper)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def seed_key(root_seed: int, name: str):
     """A ``jax.random`` key for ``name``: the root key folded with a stable hash of the name.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from ntkrepro.results import atomic_write
+from ntkrepro.files import atomic_write
 
 STYLE = {
     "figure.dpi": 110,

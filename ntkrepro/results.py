@@ -8,7 +8,6 @@ current results from stale, missing or corrupt ones.
 """
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -19,33 +18,32 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from ntkrepro.config import (
     CLAIM_FILE,
     PROFILES,
     ParameterError,
+    Params,
     explicit_parameters,
     notebook_defaults,
     notebook_path,
+    paper_deviations,
     repo_root,
     resolve,
     results_root,
+    scale_line,
     seed_key,
 )
-from ntkrepro.memory import device_name
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from ntkrepro.files import (
+    atomic_write,
+    json_bytes,
+    jsonable,
+    npz_bytes,
+    sha256_bytes,
+    sha256_file,
+)
+from ntkrepro.memory import device_name, peak_rss_mib
 
 
 def _package_dir() -> Path:
@@ -68,10 +66,6 @@ def _module_file(module: str) -> Path:
     return _package_dir() / f"{name}.py"
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def code_files(
     key: str, root: Path | None = None, modules: Sequence[str] | None = None
 ) -> dict[str, str]:
@@ -86,7 +80,7 @@ def code_files(
     cells = "".join(
         "".join(c["source"]) + "\n\x00" for c in nb["cells"] if c["cell_type"] == "code"
     )
-    files = {f"notebooks/{key}.ipynb": _sha256(cells.encode())}
+    files = {f"notebooks/{key}.ipynb": sha256_bytes(cells.encode())}
     paths = (
         sorted(_package_dir().glob("*.py"))
         if modules is None
@@ -94,13 +88,13 @@ def code_files(
     )
     for path in paths:
         data = path.read_bytes() if path.is_file() else b"<missing>"
-        files[f"ntkrepro/{path.name}"] = _sha256(data)
+        files[f"ntkrepro/{path.name}"] = sha256_bytes(data)
     return dict(sorted(files.items()))
 
 
 def code_hash(key: str, root: Path | None = None, modules: Sequence[str] | None = None) -> str:
     """One SHA-256 over :func:`code_files`: the code version of a figure's results."""
-    return _sha256(json.dumps(code_files(key, root, modules), sort_keys=True).encode())
+    return sha256_bytes(json.dumps(code_files(key, root, modules), sort_keys=True).encode())
 
 
 def _git(*args: str) -> str | None:
@@ -151,15 +145,6 @@ def provenance() -> dict[str, Any]:
 # ---------------------------------------------------------------------------- files
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes, as hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def result_files(folder: Path) -> list[Path]:
     """The files of a results folder that ``claim.json`` checksums: all but itself and
     the hidden temporaries of :func:`atomic_write`."""
@@ -170,38 +155,12 @@ def result_files(folder: Path) -> list[Path]:
     )
 
 
-def _json_bytes(data: Any) -> bytes:
-    """The one serialization of every JSON result (sorted keys: byte-stable)."""
-    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
-
-
-def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
-    """An ``.npz`` (``np.load`` reads it, no pickle) whose bytes depend only on the arrays.
-
-    ``np.savez`` stamps every member with the current time; here every member gets the
-    fixed zip date 1980-01-01, so the same arrays give the same bytes.
-    """
-    import io
-    import zipfile
-
-    import numpy as np
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, value in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-    return buf.getvalue()
-
-
 def write_claim(folder: Path, record: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``claim.json`` with ``claim_sha256``: the SHA-256 of the file's own bytes as
     they are without that key, so that an edit of the claim itself is detected too."""
     body = {k: v for k, v in record.items() if k != "claim_sha256"}
-    body["claim_sha256"] = _sha256(_json_bytes(body))
-    atomic_write(Path(folder) / CLAIM_FILE, _json_bytes(body))
+    body["claim_sha256"] = sha256_bytes(json_bytes(body))
+    atomic_write(Path(folder) / CLAIM_FILE, json_bytes(body))
     return body
 
 
@@ -220,7 +179,7 @@ def read_claim(folder: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or "claim_sha256" not in record:
         raise ValueError(f"{path} has no claim_sha256 (written by an older ntkrepro)")
     expected = record.pop("claim_sha256")
-    if _sha256(_json_bytes(record)) != expected:
+    if sha256_bytes(json_bytes(record)) != expected:
         raise ValueError(f"{path} was changed after the run wrote it (checksum mismatch)")
     record["claim_sha256"] = expected
     return record
@@ -326,17 +285,6 @@ def result_state(
 # ---------------------------------------------------------------------------- a run
 
 
-class ClaimRecord(dict):
-    """The record :meth:`Run.finish` wrote to ``claim.json`` (a plain dict); shown in a
-    notebook as one line instead of the whole record."""
-
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        printer.text(
-            f"claim.json: {self.get('verdict')} ({self.get('paper')}/{self.get('figure')}, "
-            f"profile {self.get('profile')})"
-        )
-
-
 @dataclass
 class Run:
     """One execution of a figure notebook: resolved parameters and its results folder.
@@ -347,8 +295,9 @@ class Run:
     """
 
     key: str
-    params: Mapping[str, Any]
+    params: Params
     final_dir: Path
+    checks: list[dict[str, Any]] = field(default_factory=list)
     started: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     t0: float = field(default_factory=time.perf_counter)
 
@@ -393,90 +342,167 @@ class Run:
         }
 
     def record(self) -> dict[str, Any]:
-        """:meth:`provenance_record` plus when the run started and how long it took
-        (only ``claim.json`` carries these two)."""
+        """:meth:`provenance_record` plus the machine facts of this run that vary between
+        reruns: start time, runtime and peak memory (only ``claim.json`` carries them)."""
         return {
             **self.provenance_record(),
             "started": self.started,
             "runtime_s": round(self.elapsed(), 2),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
         }
 
-    def save_json(self, name: str, data: Mapping[str, Any]) -> Path:
-        """Write ``<dir>/<name>.json``: ``{"provenance": ..., "data": data}``."""
-        from ntkrepro.claims import _jsonable
+    def save_json(self, name: str, data: Mapping[str, Any]) -> None:
+        """Write ``<name>.json``: ``{"provenance": ..., "data": data}``."""
+        body = {"provenance": self.provenance_record(), "data": jsonable(data)}
+        atomic_write(self.dir / f"{name}.json", json_bytes(body))
 
-        body = {"provenance": self.provenance_record(), "data": _jsonable(data)}
-        path = self.dir / f"{name}.json"
-        atomic_write(path, _json_bytes(body))
-        return path
-
-    def save_arrays(self, name: str, **arrays) -> Path:
-        """Write ``<dir>/<name>.npz`` (no pickle) with a ``provenance`` JSON entry."""
+    def save_arrays(self, name: str, **arrays) -> None:
+        """Write ``<name>.npz`` (no pickle) with a ``provenance`` JSON entry."""
         import numpy as np
 
         prov = json.dumps(self.provenance_record(), sort_keys=True).encode()
-        path = self.dir / f"{name}.npz"
-        atomic_write(path, npz_bytes({"provenance": np.frombuffer(prov, np.uint8), **arrays}))
-        return path
+        data = npz_bytes({"provenance": np.frombuffer(prov, np.uint8), **arrays})
+        atomic_write(self.dir / f"{name}.npz", data)
 
-    def save_text(self, filename: str, text: str) -> Path:
-        """Write ``<dir>/<filename>`` (e.g. ``table.csv``, ``table.md``) as UTF-8 text.
-
-        For tables meant for other tools; numbers that the claim uses belong in
-        :meth:`save_json` or :meth:`save_arrays`, which carry the provenance.
-        """
+    def save_text(self, filename: str, text: str) -> None:
+        """Write ``<filename>`` (e.g. ``table.csv``) as UTF-8 text: tables for other tools.
+        Numbers that a claim uses belong in :meth:`save_json` / :meth:`save_arrays`."""
         if Path(filename).name != filename or filename in (CLAIM_FILE, "") or filename[0] == ".":
             raise ValueError(f"{filename!r}: give a plain file name such as 'table.csv'")
-        path = self.dir / filename
-        atomic_write(path, text.encode("utf-8"))
-        return path
+        atomic_write(self.dir / filename, text.encode("utf-8"))
 
-    def save_figure(self, fig, name: str = "figure") -> list[Path]:
+    def save_table(
+        self, name: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 3
+    ) -> None:
+        """Write records as ``<name>.csv`` and ``<name>.md`` (same columns and rounding:
+        floats with ``digits`` decimals, None empty) and show the markdown table."""
+        markdown, csv_text = table_text(rows, columns, digits)
+        self.save_text(f"{name}.csv", csv_text)
+        self.save_text(f"{name}.md", markdown + "\n")
+        _display_markdown(markdown)
+
+    def save_figure(self, fig, name: str = "figure") -> None:
         """Write the figure as PDF and PNG into the results folder."""
         from ntkrepro.plotting import save
 
-        return save(fig, self.dir, name)
+        save(fig, self.dir, name)
 
-    def finish(
+    def check(
         self,
-        checks: list[dict[str, Any]],
+        claim_id: str,
+        paper_claim: str,
+        value: float,
+        op: str,
+        threshold: str,
         *,
-        title: str,
-        scale: str,
-        deviations: list[str],
-    ) -> dict[str, Any]:
-        """Write ``claim.json`` (checks, verdict, scale, deviations, provenance, and the
-        SHA-256 of every other result file) and show the checks.
+        name: str,
+        measured: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the claim check ``value op p[threshold]``: the threshold is given by the
+        name of its parameter, so it provably comes from the parameters cell.
 
-        Written last, so a ``claim.json`` exists only for a run that got to the end; then
-        the results folder replaces the previous one in one rename.
+        Args:
+          claim_id, paper_claim: the check's id ("a") and the paper's claim in words.
+          value: the measured number; ``name``: what it is (e.g. ``"max_gap"``).
+          op: ``<=``, ``<``, ``>=`` or ``>``.
+          threshold: a parameter's name, e.g. ``"tolerance"``.
+          measured: further numbers recorded beside ``value``.
         """
         from ntkrepro import claims
 
+        if threshold not in self.params:
+            raise ParameterError(
+                f"check {claim_id!r}: threshold {threshold!r} is not a parameter of {self.key}; "
+                "add it to the parameters cell"
+            )
+        if any(c["id"] == claim_id for c in self.checks):
+            raise ValueError(f"check {claim_id!r} is recorded twice")
+        self.checks.append(
+            claims.compare(
+                claim_id,
+                paper_claim,
+                name,
+                value,
+                op,
+                self.params[threshold],
+                threshold_parameter=threshold,
+                measured=measured,
+            )
+        )
+
+    def finish(
+        self,
+        checks: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        deviations: Sequence[str] = (),
+        title: str | None = None,
+        scale: str | None = None,
+    ) -> None:
+        """Write ``claim.json`` and show the checks; then publish the results folder.
+
+        ``claim.json`` holds the checks (default: those recorded by :meth:`check`), the
+        verdict, the title (default: the notebook's H1), the scale (default: the
+        parameters that the figure's ``paper`` profile names), the deviations from the
+        paper (the parameters that differ from its ``paper`` profile, then the
+        ``deviations`` given here: those no parameter expresses), the provenance and the
+        SHA-256 of every other result file. Written last, so a ``claim.json`` exists only
+        for a run that got to the end; the folder replaces the previous one in one rename.
+        """
+        from ntkrepro import claims
+
+        checks = list(self.checks if checks is None else checks)
         record = {
             "paper": self.paper,
             "figure": self.figure,
-            "title": title,
+            "title": title or notebook_title(self.key),
             "profile": self.profile,
             "verdict": claims.overall(checks),
             "claims": checks,
-            "scale": scale,
-            "deviations": list(deviations),
+            "scale": scale if scale is not None else scale_line(self.key, self.params),
+            "deviations": [*paper_deviations(self.key, self.params), *deviations],
             "provenance": self.record(),
         }
         self.dir.mkdir(parents=True, exist_ok=True)
         record["checksums"] = {p.name: sha256_file(p) for p in result_files(self.dir)}
-        record = write_claim(self.dir, json.loads(json.dumps(record, default=_plain)))
-        _display_markdown(claims.as_markdown(checks, scale))
+        write_claim(self.dir, json.loads(json.dumps(record, default=jsonable)))
+        _display_markdown(claims.as_markdown(checks, record["scale"]))
         _publish(self.dir, self.final_dir)
-        return ClaimRecord(record)
 
 
-def _plain(value: Any) -> Any:
-    """JSON form of numpy scalars/arrays that a claim check may carry."""
-    from ntkrepro.claims import _jsonable
+def table_text(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 3
+) -> tuple[str, str]:
+    """Records as a markdown table and as CSV text (same columns, same order); floats with
+    ``digits`` decimals, ``None`` as an empty cell."""
+    import csv
+    import io
 
-    return _jsonable(value)
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float) or (hasattr(v, "dtype") and v.dtype.kind == "f"):
+            return f"{float(v):.{digits}f}"
+        return str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(row) + " |" for row in cells]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(cells)
+    return "\n".join(md), buf.getvalue()
+
+
+def notebook_title(key: str) -> str:
+    """The text of the figure notebook's first H1 heading (the page title)."""
+    nb = json.loads(notebook_path(key).read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    raise ParameterError(f"notebooks/{key}.ipynb has no '# title' heading")
 
 
 def _publish(partial: Path, final: Path) -> None:
@@ -500,27 +526,44 @@ def _display_markdown(text: str) -> None:
     display(Markdown(text))
 
 
+def _parameter_table(key: str, params: Mapping[str, Any]) -> str:
+    """Markdown: the parameters of this run that differ from the notebook's (cpu) defaults."""
+    defaults = notebook_defaults(key)
+    changed = [n for n in params if n != "profile" and params[n] != defaults.get(n)]
+    head = f"Profile **{params['profile']}**"
+    if not changed:
+        return head + ": every parameter as in the parameters cell above."
+    rows = [f"| `{n}` | `{params[n]!r}` | `{defaults.get(n)!r}` |" for n in changed]
+    return "\n".join(
+        [
+            head + ", with these parameters changed from the cell above:",
+            "",
+            "| parameter | this run | default |",
+            "|---|---|---|",
+            *rows,
+        ]
+    )
+
+
 def start(key: str, namespace: Mapping[str, Any]) -> Run:
-    """Resolve and validate the parameters of figure ``key`` from a notebook's globals.
+    """Resolve and validate the parameters of figure ``key`` from a notebook's globals,
+    and show the ones that differ from the parameters cell.
 
     Args:
       key: ``"<paper>/<figure>"``, the notebook's path under ``notebooks/``.
       namespace: the notebook's ``globals()`` after the parameters cell.
     Returns:
-      A :class:`Run` whose ``params`` are read-only; results go to
-      ``results/<profile>/<paper>/<figure>/`` when the run finishes.
+      A :class:`Run` whose ``params`` are read-only (``run.params.n_train``); results
+      go to ``results/<profile>/<paper>/<figure>/`` when the run finishes.
     """
     defaults = notebook_defaults(key)
     explicit = explicit_parameters(namespace, defaults)
     profile = explicit.get("profile", namespace.get("profile", defaults.get("profile", "cpu")))
     if not isinstance(profile, str):
         raise ParameterError(f"profile={profile!r} must be a string: one of {PROFILES}")
-    params = resolve(key, profile, explicit)
-    run = Run(
-        key=key,
-        params=MappingProxyType(params),
-        final_dir=results_root() / profile / key,
-    )
+    params = Params(resolve(key, profile, explicit))
+    run = Run(key=key, params=params, final_dir=results_root() / profile / key)
     if run.dir.exists():
         shutil.rmtree(run.dir)  # leftovers of an interrupted run
+    _display_markdown(_parameter_table(key, params))
     return run

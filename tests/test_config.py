@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntkrepro import config, results, run
+from ntkrepro import config, files, results, run
 from ntkrepro.config import ParameterError
 
 KEY = "lee2020/kernels_vs_networks"
@@ -93,8 +93,8 @@ def test_seed_keys_depend_on_name_not_order():
 
 def test_atomic_write_leaves_no_temporary(tmp_path):
     path = tmp_path / "a" / "b.json"
-    results.atomic_write(path, b"{}")
-    results.atomic_write(path, b'{"x": 1}')
+    files.atomic_write(path, b"{}")
+    files.atomic_write(path, b'{"x": 1}')
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
 
@@ -122,16 +122,63 @@ def test_finish_publishes_only_complete_runs(results_dir):
 
 def test_arrays_are_saved_without_pickle(results_dir):
     r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
-    path = r.save_arrays("k", kernel=np.eye(3))
-    with np.load(path, allow_pickle=False) as z:
+    r.save_arrays("k", kernel=np.eye(3))
+    with np.load(r.dir / "k.npz", allow_pickle=False) as z:
         assert np.array_equal(z["kernel"], np.eye(3))
         assert json.loads(z["provenance"].tobytes())["profile"] == "smoke"
 
 
 def test_save_text_writes_into_the_run_folder_and_refuses_paths(results_dir):
     r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
-    path = r.save_text("table.csv", "a,b\n1,2\n")
-    assert path.parent == r.dir and path.read_text() == "a,b\n1,2\n"
+    assert r.save_text("table.csv", "a,b\n1,2\n") is None  # pages show no paths
+    assert (r.dir / "table.csv").read_text() == "a,b\n1,2\n"
     for bad in ("../x.csv", "claim.json", ".hidden", "sub/x.csv"):
         with pytest.raises(ValueError, match="plain file name"):
             r.save_text(bad, "x")
+
+
+def test_params_read_as_attributes_and_stay_read_only():
+    p = config.Params({"n_train": 10, "profile": "cpu"})
+    assert p.n_train == p["n_train"] == 10 and dict(p) == {"n_train": 10, "profile": "cpu"}
+    with pytest.raises(AttributeError, match="read-only"):
+        p.n_train = 5
+    with pytest.raises(AttributeError, match="no parameter 'n_trian'; known: n_train"):
+        p.n_trian  # noqa: B018
+    assert "mappingproxy" not in repr(p) and "10" not in repr(p)
+
+
+def test_check_takes_its_threshold_by_parameter_name(results_dir):
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    r.check("a", "claim", 0.01, "<=", "tolerance", name="max_gap")
+    (c,) = r.checks
+    assert c["threshold"] == r.params.tolerance and c["threshold_parameter"] == "tolerance"
+    assert c["check"] == f"max_gap <= tolerance = {r.params.tolerance:g}"
+    assert c["verdict"] == "reproduced"
+    with pytest.raises(ParameterError, match="'tolerence' is not a parameter"):
+        r.check("b", "claim", 0.01, "<=", "tolerence", name="max_gap")
+    with pytest.raises(ValueError, match="recorded twice"):
+        r.check("a", "claim", 0.01, "<=", "tolerance", name="max_gap")
+
+
+def test_finish_derives_title_scale_and_deviations_from_the_notebook_and_paper(results_dir):
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    r.check("a", "claim", 0.5, ">=", "tolerance", name="x")
+    r.finish(deviations=["one initialization per width"])
+    claim = json.loads((r.final_dir / "claim.json").read_text())
+    nb = json.loads(config.notebook_path(KEY).read_text())
+    assert "# " + claim["title"] in "".join(nb["cells"][0]["source"])
+    paper = config.load_profiles()[KEY]["paper"]
+    assert claim["deviations"][-1] == "one initialization per width"
+    assert f"dataset mnist (paper: {paper['dataset']})" in claim["deviations"]
+    assert all(name in claim["scale"] for name in paper)
+    assert claim["verdict"] == "reproduced"
+    assert claim["provenance"]["peak_rss_mib"] > 0  # a machine fact: claim.json only
+
+
+def test_deviations_list_only_what_differs_from_the_paper_profile():
+    key = "lee2020/kernels_vs_networks"
+    paper = config.load_profiles()[key]["paper"]
+    params = {**config.notebook_defaults(key), **paper}
+    assert config.paper_deviations(key, params) == []
+    params["n_test"] = 7
+    assert config.paper_deviations(key, params) == [f"n_test 7 (paper: {paper['n_test']})"]
