@@ -192,7 +192,7 @@ def bench_entk(ns: list[int], repeats: int, batch_size: int = 256) -> dict:
                 "mlp": "models.fcn(128, depth=2, out=1) on 14x14 MNIST (196 inputs)",
                 "cnn": "models.cnn(16 channels, depth=2, out=1, GAP) on 7x7 MNIST",
             },
-            "reference": "reference.entk_reference: jit(vmap(jacrev)) of all n examples, one einsum",
+            "reference": "reference.entk_reference: jit(vmap(jacrev)) of all n, one einsum",
         },
     }
 
@@ -404,7 +404,6 @@ def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
     """Wall time of every figure notebook, from ``runtime_s`` in the provenance of
     ``results/<profile>/<paper>/<figure>/claim.json`` (written by ``ntkrepro run``);
     ``rerun`` profiles are recomputed first (``ntkrepro run --force``)."""
-    from ntkrepro.tooling import cli
 
     for profile in rerun:
         subprocess.run(
@@ -414,7 +413,7 @@ def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
     cases, totals = [], {}
     for profile in profiles:
         total, missing = 0.0, []
-        for key in cli.figures():
+        for key in config.figures():
             folder = config.results_root() / profile / key
             try:
                 record = results.read_claim(folder)
@@ -440,7 +439,7 @@ def bench_notebooks(profiles: list[str], rerun: list[str]) -> dict:
         limit = NOTEBOOK_TARGETS.get(profile, {}).get("total_s")
         totals[profile] = {
             "total_s": total,
-            "figures": len(cli.figures()) - len(missing),
+            "figures": len(config.figures()) - len(missing),
             "missing": missing,
             "target": None if limit is None else f"<= {limit:g} s",
             "met": None if limit is None or missing else total <= limit,

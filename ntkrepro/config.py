@@ -49,6 +49,16 @@ def notebook_path(key: str, root: Path | None = None) -> Path:
     return (root or repo_root()) / "notebooks" / f"{key}.ipynb"
 
 
+def figures(root: Path | None = None) -> list[str]:
+    """Every figure key ``paper/figure`` with a notebook under ``notebooks/``."""
+    base = (root or repo_root()) / "notebooks"
+    return sorted(
+        str(p.relative_to(base).with_suffix(""))
+        for p in base.glob("*/*.ipynb")
+        if not p.name.endswith(".out.ipynb") and ".ipynb_checkpoints" not in p.parts
+    )
+
+
 def profile_file() -> Path:
     """The profile file: ``$NTKREPRO_PROFILES``, else ``ntkrepro/profiles.toml``.
 

@@ -285,6 +285,10 @@ def result_state(
 # ---------------------------------------------------------------------------- a run
 
 
+class RunLockedError(ParameterError):
+    """Another live run holds this figure's results folder (same checkout, any host)."""
+
+
 @dataclass
 class Run:
     """One execution of a figure notebook: resolved parameters and its results folder.
@@ -298,6 +302,7 @@ class Run:
     params: Params
     final_dir: Path
     checks: list[dict[str, Any]] = field(default_factory=list)
+    lock: object = field(default=None, repr=False)
     started: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     t0: float = field(default_factory=time.perf_counter)
 
@@ -467,6 +472,7 @@ class Run:
         write_claim(self.dir, json.loads(json.dumps(record, default=jsonable)))
         _display_markdown(claims.as_markdown(checks, record["scale"]))
         _publish(self.dir, self.final_dir)
+        _unlock(self.final_dir.with_name(f".{self.final_dir.name}.lock"), self.lock)
 
 
 def table_text(
@@ -517,6 +523,52 @@ def _publish(partial: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def _lock(final: Path, key: str) -> object:
+    """Hold an exclusive lock on the figure's results for this run (until :meth:`Run.finish`
+    or the process ends), so that two jobs sharing a checkout cannot interleave. Returns
+    the token that releases it; a second start in the same process takes the lock over."""
+    import fcntl
+    import socket
+
+    path = final.with_name(f".{final.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path in _HELD:
+        _unlock(path, _HELD[path][1])  # this process starts the figure again
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"another run of {key} is in progress ({holder}); wait for it to finish, or stop "
+            f"it and run again (lock {path})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode(), 0)
+    token = object()
+    _HELD[path] = (fd, token)
+    return token
+
+
+#: Locks this process holds: lock file -> (descriptor, token of the run holding it).
+_HELD: dict[Path, tuple[int, object]] = {}
+
+
+def _unlock(path: Path, token: object) -> None:
+    """Release the lock on ``path`` if the run with ``token`` still holds it."""
+    if _HELD.get(path, (None, None))[1] is token:
+        os.close(_HELD.pop(path)[0])  # closing the descriptor releases the lock
+
+
+def _recover(final: Path) -> None:
+    """Restore the previous results if a run died between the two renames of
+    :func:`_publish` (an ``.old`` folder with no current one)."""
+    old = final.with_name(final.name + ".old")
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+
+
 def _display_markdown(text: str) -> None:
     try:
         from IPython.display import Markdown, display
@@ -563,6 +615,8 @@ def start(key: str, namespace: Mapping[str, Any]) -> Run:
         raise ParameterError(f"profile={profile!r} must be a string: one of {PROFILES}")
     params = Params(resolve(key, profile, explicit))
     run = Run(key=key, params=params, final_dir=results_root() / profile / key)
+    run.lock = _lock(run.final_dir, key)
+    _recover(run.final_dir)
     if run.dir.exists():
         shutil.rmtree(run.dir)  # leftovers of an interrupted run
     _display_markdown(_parameter_table(key, params))

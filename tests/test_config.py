@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntkrepro import config, files, results, run
+from ntkrepro import config, files, results
 from ntkrepro.config import ParameterError
 
 KEY = "lee2020/kernels_vs_networks"
@@ -16,7 +16,7 @@ KEY = "lee2020/kernels_vs_networks"
 
 def test_profiles_cover_every_notebook_and_name_only_declared_parameters():
     table = config.load_profiles()
-    for key in run.figures():
+    for key in config.figures():
         assert key in table, f"{key} has no profile table"
         defaults = config.notebook_defaults(key)
         assert defaults["profile"] == "cpu", f"{key}: the notebook default must be cpu"

@@ -9,14 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import htmlcheck
 import nbformat
 import papermill
 import pytest
 
-from ntkrepro import book, config, run
+from ntkrepro import config
+from ntkrepro.tooling import book, cli
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = run.figures()
+FIGURES = config.figures()
 
 
 def test_there_are_figures_and_they_are_in_the_toc():
@@ -49,7 +51,7 @@ def smoke_results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("results")
     env = {"NTKREPRO_RESULTS": str(folder)}
     proc = subprocess.run(
-        [sys.executable, "-m", "ntkrepro.run", "run", "--profile", "smoke"],
+        [sys.executable, "-m", "ntkrepro.tooling.cli", "run", "--profile", "smoke"],
         cwd=ROOT,
         env={**__import__("os").environ, **env},
         capture_output=True,
@@ -80,17 +82,56 @@ def test_smoke_run_writes_figure_numbers_and_claim(smoke_results, key):
     ), "the figure must be shown in the page"
 
 
+#: Figures whose numbers are measurements of this machine (times, memory): not repeatable.
+TIMING_FIGURES = {"performance/scaling"}
+
+
+@pytest.fixture(scope="module")
+def second_smoke_results(smoke_results, tmp_path_factory):
+    """Every notebook run a second time under smoke, into another folder."""
+    folder = tmp_path_factory.mktemp("results2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntkrepro.tooling.cli", "run", "--profile", "smoke"],
+        cwd=ROOT,
+        env={**__import__("os").environ, "NTKREPRO_RESULTS": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k in FIGURES if k not in TIMING_FIGURES])
+def test_smoke_run_twice_gives_identical_bytes(smoke_results, second_smoke_results, key):
+    """Same notebook, profile, parameters and seed: the same numbers and figure, to the bit."""
+    a, b = smoke_results / "smoke" / key, second_smoke_results / "smoke" / key
+    code = [json.loads((f / "claim.json").read_text())["provenance"]["code_hash"] for f in (a, b)]
+    if code[0] != code[1]:
+        pytest.skip("the sources changed between the two runs (someone is editing them)")
+    names = sorted(p.name for p in a.iterdir() if p.name != "claim.json" and p.suffix != ".ipynb")
+    assert {"figure.pdf", "figure.png"} < set(names), f"{key}: {names}"
+    assert any(n.startswith("numbers.") for n in names), f"{key} wrote no numbers.*"
+    assert names == sorted(
+        p.name for p in b.iterdir() if p.name != "claim.json" and p.suffix != ".ipynb"
+    )
+    for name in names:  # numbers, arrays, tables and the figure
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{key}: {name} differs"
+
+
 @pytest.mark.slow
 def test_run_skips_current_results(smoke_results, monkeypatch, capsys):
     monkeypatch.setenv("NTKREPRO_RESULTS", str(smoke_results))
-    assert run.main(["run", "--profile", "smoke"]) == 0
+    assert cli.main(["run", "--profile", "smoke"]) == 0
     out = capsys.readouterr().out
     assert all(f"[skip] {key}" in out for key in FIGURES), out
 
 
-@pytest.mark.slow
-def test_book_builds_from_smoke_results(smoke_results, tmp_path):
-    root = tmp_path / "root"
+@pytest.fixture(scope="module")
+def smoke_book(smoke_results, tmp_path_factory):
+    """The book built from the smoke results in a temporary root: (root, html folder)."""
+    root = tmp_path_factory.mktemp("book") / "root"
     root.mkdir()
     for name in ("_config.yml", "book", "notebooks"):
         src = ROOT / name
@@ -99,7 +140,12 @@ def test_book_builds_from_smoke_results(smoke_results, tmp_path):
     npm = ROOT / "_build" / "npm"
     if npm.exists():  # reuse MathJax fetched by an earlier build
         shutil.copytree(npm, root / "_build" / "npm")
-    html = book.build("smoke", root)
+    return root, book.build("smoke", root)
+
+
+@pytest.mark.slow
+def test_book_builds_from_smoke_results(smoke_results, smoke_book, tmp_path):
+    html = smoke_book[1]
     status = (html / "book" / "status.html").read_text()
     for key in FIGURES:
         assert key.split("/")[1] in status
@@ -109,13 +155,37 @@ def test_book_builds_from_smoke_results(smoke_results, tmp_path):
     assert book.check_links(html) == []
     # The status page renders in a browser: not blank, and its figures show.
     try:
-        png = book.screenshot(html / "book" / "status.html", tmp_path / "status.png", height=2400)
-        dom = book.rendered_dom(html / "book" / "status.html")
+        png = htmlcheck.screenshot(
+            html / "book" / "status.html", tmp_path / "status.png", height=2400
+        )
+        dom = htmlcheck.rendered_dom(html / "book" / "status.html")
     except RuntimeError as err:
         pytest.skip(f"no headless Chromium for the screenshot ({err})")
-    assert book.screenshot_problems(png) == []
+    assert htmlcheck.screenshot_problems(png) == []
     for key in FIGURES:
         assert f'src="../_images/{key.replace("/", "-")}.png"' in dom
+
+
+@pytest.mark.slow
+def test_book_pages_show_the_method_not_the_machinery(smoke_results, smoke_book):
+    """No page shows where the book was built or run (absolute paths), a parameter mapping's
+    repr, or papermill's injected-parameters cell (hidden by staging)."""
+    root, html = smoke_book
+    leaks = {
+        "the build root": {str(root), str(root.resolve())},
+        "the results folder": {str(smoke_results), str(smoke_results.resolve())},
+        "the project root": {str(ROOT)},
+        "a mappingproxy repr": {"mappingproxy"},
+        "papermill's injected cell": {"# Parameters"},
+    }
+    found = [
+        f"{page.relative_to(html)}: {what} ({text!r})"
+        for page in book.book_pages(html)
+        for what, texts in leaks.items()
+        for text in texts
+        if text in page.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_papermill_bad_parameter_fails_before_compute(results_dir, tmp_path):
@@ -145,9 +215,9 @@ def test_papermill_bad_parameter_fails_before_compute(results_dir, tmp_path):
 
 def test_cli_rejects_bad_input_without_running(results_dir, capsys):
     key = "lee2020/kernels_vs_networks"  # its parameters are known here
-    assert run.main(["run", "--profile", "smoke", "--only", key, "-p", "widths=64"]) == 2
+    assert cli.main(["run", "--profile", "smoke", "--only", key, "-p", "widths=64"]) == 2
     assert "a list" in capsys.readouterr().err
-    assert run.main(["run", "--profile", "smoke", "--only", "lee2020/nope"]) == 2
+    assert cli.main(["run", "--profile", "smoke", "--only", "lee2020/nope"]) == 2
     assert "unknown figure" in capsys.readouterr().err
     assert not results_dir.exists(), "nothing may be written for bad input"
 
@@ -162,5 +232,5 @@ def test_ruff_lint_and_format_clean():
 
 
 def test_only_accepts_repeated_and_multiple_figures():
-    args = run.parser().parse_args(["run", "--only", "a/b", "--only", "c/d", "e/f"])
+    args = cli.parser().parse_args(["run", "--only", "a/b", "--only", "c/d", "e/f"])
     assert args.only == ["a/b", "c/d", "e/f"]

@@ -16,14 +16,16 @@ import sys
 import time
 from pathlib import Path
 
+import htmlcheck
 import jax.numpy as jnp
 import matplotlib
 import matplotlib.image
 import numpy as np
 import pytest
 
-from ntkrepro import book, config, kernels, memory, models, plotting, results, run
+from ntkrepro import config, kernels, memory, models, plotting, results
 from ntkrepro.claims import compare
+from ntkrepro.tooling import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "fake/fig"
@@ -31,7 +33,7 @@ FAKE = "fake/fig"
 # The parts of a results folder that record the moment of a run rather than its numbers:
 # claim.json's start time and runtime, the checksum of claim.json itself (it covers them)
 # and of the executed notebook, which papermill stamps with execution times.
-VOLATILE_PROVENANCE = ("started", "runtime_s")
+VOLATILE_PROVENANCE = ("started", "runtime_s", "peak_rss_mib")
 EXECUTED_NOTEBOOK = "{figure}.ipynb"
 
 FAKE_SOURCE = """\
@@ -138,9 +140,9 @@ def _make_results(profile: str = "smoke", **explicit) -> Path:
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m ntkrepro.run ARGS`` in a subprocess with this process's environment."""
+    """``python -m ntkrepro.tooling.cli ARGS`` in a subprocess with this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "ntkrepro.run", *args],
+        [sys.executable, "-m", "ntkrepro.tooling.cli", *args],
         cwd=ROOT,
         env=dict(os.environ),
         capture_output=True,
@@ -187,26 +189,6 @@ def test_fake_figure_run_twice_gives_identical_bytes(project: Path) -> None:
     with np.load(_folder(project) / "arrays.npz", allow_pickle=False) as z:
         prov = json.loads(z["provenance"].tobytes())
         assert prov["root_seed"] == 0 and np.allclose(z["twice"], 2 * z["x"])
-
-
-@pytest.mark.slow
-def test_lee2020_smoke_run_twice_gives_identical_bytes(tmp_path: Path) -> None:
-    key = "lee2020/kernels_vs_networks"
-    folders = []
-    for name in ("a", "b"):
-        env = {**os.environ, "NTKREPRO_RESULTS": str(tmp_path / name)}
-        cmd = [sys.executable, "-m", "ntkrepro.run", "run", "--profile", "smoke", "--force"]
-        proc = subprocess.run(
-            [*cmd, "--only", key], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        folders.append(tmp_path / name / "smoke" / key)
-    a, b = (_comparable(f, "kernels_vs_networks") for f in folders)
-    if a["claim.json"]["provenance"]["code_files"] != b["claim.json"]["provenance"]["code_files"]:
-        pytest.skip("the sources changed while the test ran (someone is editing them)")
-    assert set(a) == set(b) and {"numbers.json", "figure.png", "figure.pdf"} <= set(a)
-    for name in a:
-        assert a[name] == b[name], f"{name} differs between identical runs"
 
 
 # ---------------------------------------------------------------------------- 2 provenance
@@ -281,7 +263,7 @@ def test_killed_run_leaves_no_result_and_the_next_run_completes(project: Path) -
     def start_and_kill(*args: str) -> None:
         (project / "hold").touch()
         (project / "waiting").unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "ntkrepro.run", "run", "--profile", "smoke", *args]
+        cmd = [sys.executable, "-m", "ntkrepro.tooling.cli", "run", "--profile", "smoke", *args]
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=dict(os.environ), start_new_session=True, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -310,6 +292,53 @@ def test_killed_run_leaves_no_result_and_the_next_run_completes(project: Path) -
     assert _state() == ("current", "")
     proc = _cli("run", "--profile", "smoke")
     assert proc.returncode == 0 and f"[skip] {FAKE}" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_figure_cannot_interleave(project: Path) -> None:
+    """Jobs sharing a checkout: the second run of a figure stops before any compute with
+    a message naming the live one; the first completes untouched."""
+    (project / "hold").touch()
+    (project / "waiting").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "ntkrepro.tooling.cli", "run", "--profile", "smoke"]
+    first = subprocess.Popen(
+        cmd, cwd=ROOT, env=dict(os.environ), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (project / "waiting").exists():
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "the first run did not reach its hold point"
+        time.sleep(0.1)
+    with pytest.raises(results.RunLockedError, match=f"pid {first.pid}|another run of {FAKE}"):
+        results.start(FAKE, {"profile": "smoke"})
+    second = _cli("run", "--profile", "smoke", "--force")
+    assert second.returncode != 0 and "another run of fake/fig is in progress" in (
+        second.stdout + second.stderr
+    )
+    partial = _folder(project).with_name("fig.partial")
+    assert (partial / "numbers.json").is_file(), "the second run must not clear the first's files"
+    (project / "hold").unlink()
+    assert first.wait(timeout=240) == 0, first.stdout.read()
+    assert _state() == ("current", "")
+
+
+def test_a_run_started_again_in_the_same_process_takes_its_lock_over(project: Path) -> None:
+    first = results.start(FAKE, {"profile": "smoke"})
+    again = results.start(FAKE, {"profile": "smoke"})  # a re-run setup cell
+    again.save_json("numbers", {"x": [1]})
+    again.finish([compare("a", "c", "x", 1.0, "<=", 2.0)], title="t", scale="s")
+    assert (again.final_dir / "claim.json").is_file() and first.lock is not again.lock
+    results.start(FAKE, {"profile": "smoke"})  # the lock was released by finish
+
+
+def test_a_run_killed_between_the_two_renames_is_recovered(project: Path) -> None:
+    final = _make_results()
+    before = _snapshot(final)
+    os.replace(final, final.with_name("fig.old"))  # killed after moving the old one aside
+    results.start(FAKE, {"profile": "smoke"})
+    assert _snapshot(final) == before and not final.with_name("fig.old").exists()
+    assert _state() == ("current", "")
 
 
 # ---------------------------------------------------------------------------- 4 integrity
@@ -428,10 +457,10 @@ def test_screenshot_check_tells_a_blank_page_from_one_with_figures(tmp_path: Pat
         ax.plot(np.sin(np.linspace(0, 6, 50) + i), color=plotting.shade(i, 5))
     fig.savefig(page)
     matplotlib.pyplot.close(fig)
-    problems = book.screenshot_problems(blank)
+    problems = htmlcheck.screenshot_problems(blank)
     assert len(problems) == 2 and "is blank" in problems[0] and "no figure" in problems[1]
-    assert book.screenshot_problems(page) == []
-    assert "not a readable PNG" in book.screenshot_problems(tmp_path / "missing.png")[0]
+    assert htmlcheck.screenshot_problems(page) == []
+    assert "not a readable PNG" in htmlcheck.screenshot_problems(tmp_path / "missing.png")[0]
 
 
 # ---------------------------------------------------------------------------- 6 bad input
@@ -509,7 +538,7 @@ def test_bad_input_is_refused_and_results_are_untouched(
     project: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
 ) -> None:
     before = _snapshot(_make_results())
-    assert run.main(["run", *args]) == 2
+    assert cli.main(["run", *args]) == 2
     assert message in capsys.readouterr().err
     assert _snapshot(_folder(project)) == before
 

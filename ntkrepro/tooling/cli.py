@@ -1,0 +1,225 @@
+"""The ``ntkrepro`` command: run figure notebooks under a profile and build the book.
+
+    ntkrepro list [--profile P]
+    ntkrepro run [--profile P] [--only PAPER/FIGURE ...] [-p NAME=VALUE ...] [--force]
+    ntkrepro book [--profile P] [--allow-stale]
+
+``run`` executes each notebook with papermill (as ``papermill nb.ipynb out.ipynb -p profile
+P`` would), writes the executed notebook beside the figure's results (its checksum into
+``claim.json``) and skips figures whose results are current: same parameters, same code
+(notebook and the ntkrepro modules it imported), intact files. Stale, missing and corrupt
+results are recomputed; ``--force`` recomputes current ones too. Also ``python -m
+ntkrepro.tooling.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ntkrepro import config
+from ntkrepro.results import result_state, seal_notebook
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE a Python literal (``3``, ``0.1``, ``[64, 256]``, ``mnist``)."""
+    if "=" not in text:
+        raise config.ParameterError(f"-p {text!r}: write NAME=VALUE, e.g. -p n_test=500")
+    name, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word is a string
+    return name.strip(), value
+
+
+def _ipc_kernel_manager(folder: Path) -> type:
+    """A kernel manager that talks to the kernel over local IPC sockets in ``folder``.
+
+    Papermill's default (TCP on localhost, unencrypted) makes ipykernel >= 7 print a
+    security warning into every run; IPC sockets are files only this user can open.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(folder / "kernel"))
+            super().__init__(*args, **kwargs)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw.setdefault("preexec_fn", _die_with_parent)
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return IPCKernelManager
+
+
+def _die_with_parent() -> None:
+    """In the kernel, before exec: get SIGKILL when the runner dies (Linux).
+
+    The kernel runs in its own session, so killing ``ntkrepro run`` (Ctrl-C twice, a job
+    scheduler's kill) would leave it computing; it would then publish a results folder
+    without the executed notebook, replacing the earlier complete one.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
+    """Run one notebook with papermill; returns the executed notebook's path.
+
+    Parameters are validated first (no kernel is started for a bad one). The executed
+    notebook is written to a temporary name and moved beside the results only when the
+    run succeeded; a failed run leaves earlier results untouched.
+    """
+    import papermill
+
+    config.resolve(key, profile, explicit)  # fail fast, before starting a kernel
+    root = config.repo_root()
+    final = config.results_root() / profile / key / f"{key.split('/')[1]}.ipynb"
+    # One scratch file per process: concurrent runs (other results folders) must not mix.
+    scratch = root / "_build" / "executed" / profile / f"{key}.{os.getpid()}.ipynb"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["NTKREPRO_PROGRESS"] = "0"  # the kernel inherits it: no progress logs in pages
+    started = time.time()
+    sockets = Path(tempfile.mkdtemp(prefix="ntkrepro-kernel-"))
+    try:
+        papermill.execute_notebook(
+            str(config.notebook_path(key)),
+            str(scratch),
+            parameters={"profile": profile, **explicit},
+            cwd=str(root),
+            progress_bar=False,
+            kernel_name="python3",
+            kernel_manager_class=_ipc_kernel_manager(sockets),
+        )
+        claim = final.parent / config.CLAIM_FILE
+        # The claim must be this run's: an earlier run's would be sealed with a wrong page.
+        if not claim.is_file() or claim.stat().st_mtime < started - 1:
+            raise RuntimeError(f"{key} ran to the end without calling run.finish(...)")
+        os.replace(scratch, final)
+    finally:
+        scratch.unlink(missing_ok=True)
+        shutil.rmtree(sockets, ignore_errors=True)
+    seal_notebook(final.parent, final)
+    return final
+
+
+def _select(only: Sequence[str] | None) -> list[str]:
+    known = config.figures()
+    if unknown := [k for k in only or () if k not in known]:
+        raise config.ParameterError(
+            f"unknown figure(s) {', '.join(unknown)}; `ntkrepro list` shows: {', '.join(known)}"
+        )
+    return list(only or known)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for key in config.figures():
+        state, reason = result_state(key, args.profile)
+        note = ""
+        if state in ("current", "stale"):
+            claim = config.results_root() / args.profile / key / config.CLAIM_FILE
+            note = json.loads(claim.read_text()).get("verdict", "")
+        if state != "current":
+            note = f"{note} ({reason})" if note else reason
+        print(f"{key:45s} {args.profile:6s} {state:8s} {note}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    explicit = dict(parse_assignment(a) for a in args.param)
+    keys = _select(args.only)
+    for key in keys:  # validate everything before running anything
+        config.resolve(key, args.profile, explicit)
+    failed = []
+    for key in keys:
+        state, reason = result_state(key, args.profile, explicit)
+        if state == "current" and not args.force:
+            print(f"[skip] {key}: results are current ({args.profile})")
+            continue
+        why = f": {reason}" if reason and state != "missing" else ""
+        print(f"[run ] {key} ({args.profile}, was {state}{why})", flush=True)
+        t0 = time.perf_counter()
+        try:
+            out = execute(key, args.profile, explicit)
+        except Exception as err:  # report and go on with the other figures
+            failed.append(key)
+            print(f"[FAIL] {key}: {_error_text(err)}", file=sys.stderr)
+            continue
+        print(f"[done] {key} in {time.perf_counter() - t0:.0f} s -> {out}")
+    if failed:
+        print(f"failed: {', '.join(failed)} (earlier results kept)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _error_text(err: Exception) -> str:
+    """The error of a failed notebook in full (its message names the fix; papermill keeps
+    the notebook's exception name and message apart), else its last error line."""
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if ename and evalue:
+        return f"{ename}: {str(evalue).strip()[:3000]}"
+    text = str(err).strip().splitlines()
+    return (
+        f"{type(err).__name__}: {([ln for ln in text if 'Error:' in ln] or text or [''])[-1][:500]}"
+    )
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    from ntkrepro.tooling import book
+
+    root, results = config.repo_root(), config.results_root()
+    try:
+        html = book.build(args.profile, root, results=results, allow_stale=args.allow_stale)
+    except (book.StagingError, book.BuildError) as err:
+        print(f"ntkrepro book: {err}", file=sys.stderr)
+        return 1
+    print(f"book: {html / 'index.html'}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ntkrepro", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, help_ in (
+        ("list", "list figures and the state of their results"),
+        ("run", "execute figure notebooks with papermill"),
+        ("book", "build the HTML book from the results of a profile"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--profile", default="cpu", choices=config.PROFILES)
+        if name == "run":
+            p.add_argument("--only", nargs="+", action="extend", metavar="PAPER/FIGURE")
+            p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+            p.add_argument("--force", action="store_true", help="recompute current results")
+        if name == "book":
+            help_ = "build even if results are stale (flagged on the status page)"
+            p.add_argument("--allow-stale", action="store_true", help=help_)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = {"list": cmd_list, "run": cmd_run, "book": cmd_book}[args.command]
+    try:
+        return command(args)
+    except config.ParameterError as err:
+        print(f"ntkrepro: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
