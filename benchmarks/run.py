@@ -36,7 +36,7 @@ from benchmarks.reference import (
     reference_jacobians,
     relu_fcn_kernels,
 )
-from ntkrepro import config, data, experiments, kernels, measure, models, results
+from ntkrepro import config, data, kernels, measure, models, predict, results
 
 BENCHMARKS = ("entk", "analytic", "train", "solve", "notebooks")
 IMPLEMENTATIONS = ("jacobian_contraction", "structured_derivatives", "ntk_vector_products")
@@ -46,7 +46,7 @@ def _mnist(n: int, factor: int, flatten: bool, seed: int = 0) -> np.ndarray:
     """``n`` MNIST training images, average-pooled by ``factor`` (timings do not depend
     on the pixel values, but real inputs keep the kernels realistic)."""
     x = data.load_task("mnist", n, 10, seed)["x_train"]
-    x = experiments.downsample(x, factor) if factor > 1 else x
+    x = data.pool(x, factor) if factor > 1 else x
     return x.reshape(n, -1) if flatten else x
 
 
@@ -283,7 +283,7 @@ def _train_times(width: int, x, y, batch_size: int, repeats: int) -> tuple[dict,
     xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y)
 
     def scanned():
-        return chunk(params, state0, key, xj, yj, steps, 0)
+        return chunk((params, state0), key, xj, yj, steps, 0)
 
     @jax.jit
     def step(p, s, xb, yb):
@@ -309,7 +309,7 @@ def bench_train(repeats: int, n: int = 1024, batch_size: int = 32) -> dict:
     train` runs) vs a Python loop of a jitted step over the same minibatches."""
     cases = []
     task = data.load_task("mnist", n, 10, 0)
-    x = experiments.downsample(task["x_train"], 2).reshape(n, -1)
+    x = data.pool(task["x_train"], 2).reshape(n, -1)
     y = data.one_hot(task["y_train"], 10)
     steps = n // batch_size
     for width in (64, 512):
@@ -334,7 +334,7 @@ def bench_train(repeats: int, n: int = 1024, batch_size: int = 32) -> dict:
 
 
 def bench_solve(ns: list[int], repeats: int, diag_reg: float = 1e-4) -> dict:
-    """``kernels.kernel_regression`` (float64 Cholesky) vs scipy's ``cho_factor`` +
+    """``predict.kernel_regression`` (float64 Cholesky) vs scipy's ``cho_factor`` +
     ``cho_solve`` (parity expected) and vs sklearn's ``KernelRidge`` on the same kernel."""
     import scipy.linalg
     from sklearn.kernel_ridge import KernelRidge
@@ -351,7 +351,7 @@ def bench_solve(ns: list[int], repeats: int, diag_reg: float = 1e-4) -> dict:
         reg = diag_reg * np.trace(k) / n
 
         def ours(k=k, ks=ks, y=y):
-            return kernels.kernel_regression(k, ks, y, diag_reg)
+            return predict.kernel_regression(k, ks, y, diag_reg)
 
         def scipy_ref(k=k, ks=ks, y=y, reg=reg):
             factor = scipy.linalg.cho_factor(k + reg * np.eye(len(k)), lower=True)

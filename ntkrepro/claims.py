@@ -107,3 +107,57 @@ def _fmt(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return str(v)
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+def schema_problems(record: Any) -> list[str]:
+    """Every way in which a parsed ``claim.json`` departs from ``claim.schema.json`` (JSON
+    Schema 2020-12), plus duplicate claim ids, one message each; empty if it is valid."""
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads(Path(__file__).with_name("claim.schema.json").read_text("utf-8"))
+    formats = jsonschema.FormatChecker(formats=())
+    formats.checks("date-time", raises=ValueError)(
+        lambda v: not isinstance(v, str) or bool(dt.datetime.fromisoformat(v))
+    )
+    validator = jsonschema.Draft202012Validator(schema, format_checker=formats)
+    problems = [_schema_message(e) for e in validator.iter_errors(record)]
+    if isinstance(record, dict) and isinstance(record.get("claims"), list):
+        ids = [c.get("id") for c in record["claims"] if isinstance(c, dict)]
+        duplicated = sorted({i for i in ids if isinstance(i, str) and ids.count(i) > 1})
+        if duplicated:
+            problems.append(f"claim ids are not unique: {duplicated}")
+    return problems
+
+
+def _schema_where(path: Sequence[Any]) -> str:
+    """``claims[0]: `` for the path ``["claims", 0]``; empty for the top level."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return f"{where}: " if where else ""
+
+
+def _schema_message(err: Any) -> str:
+    """One jsonschema error in words, e.g. ``claims[0]: 'check' must be string, got number``."""
+    path, kind, value = list(err.absolute_path), err.validator, err.validator_value
+    if kind == "required":  # message: "'name' is a required property"
+        return f"{_schema_where(path)}missing key {err.message.split(' is a required')[0]}"
+    prefix, leaf = _schema_where(path[:-1]), path[-1] if path else None
+    field = "top level" if not path else f"item {leaf}" if isinstance(leaf, int) else repr(leaf)
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    got = {**names, dict: "object", type(None): "null"}.get(type(err.instance), "value")
+    if kind == "type":
+        wanted = " or ".join([value] if isinstance(value, str) else value)
+        return f"{prefix}{field} must be {wanted}, got {got}"
+    if kind == "enum":
+        return f"{prefix}{leaf} {err.instance!r} is not one of {list(value)}"
+    if (kind, value) in (("minItems", 1), ("minProperties", 1), ("pattern", "\\S")):
+        return f"{prefix}{field} is empty"
+    if kind == "format":
+        return f"{prefix}{field} is not an ISO 8601 {value}: {err.instance!r}"
+    return f"{prefix}{field}: {err.message}"

@@ -176,7 +176,7 @@ def _data_problem(key: str, params: Mapping[str, Any], defaults: Mapping[str, An
     DATASETS`, so a figure on synthetic data may use the name ``dataset`` freely.
     ``data.load_task`` checks again, more precisely (class subsets), when loading.
     """
-    from ntkrepro.data import DATASETS
+    from ntkrepro.datasets import DATASETS
 
     name = params.get("dataset")
     if not isinstance(name, str) or defaults.get("dataset") not in DATASETS:

@@ -1,11 +1,7 @@
-"""One compiled function per model: memoized factories.
-
-JAX caches a compilation on the function object, so a factory that builds a jitted
-function (or hands one to ``nt.batch``) must return the *same* object for the same
-model to avoid recompiling on every call: kernel snapshots during training, ridge
-sweeps, several data set sizes. Arguments that cannot be hashed (a ``functools.partial``
-of a dict, say) still work: they get a fresh function, compiled on every call.
-"""
+"""One compiled function per model: memoized factories. JAX caches a compilation on the
+function object, so a factory of jitted functions (or of functions for ``nt.batch``) must
+return the *same* object for the same model not to recompile on every call; unhashable
+arguments still work, with a fresh function (compiled every call)."""
 
 from __future__ import annotations
 

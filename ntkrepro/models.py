@@ -1,9 +1,6 @@
-"""Architectures as neural-tangents ``stax`` triples ``(init_fn, apply_fn, kernel_fn)``.
-
-One definition gives the finite network (``init_fn``, ``apply_fn``) and its
-infinite-width NNGP/NTK (``kernel_fn``), so a comparison between the two is a
-comparison of the same architecture. Inputs are NHWC images for the convolutional
-models and ``(n, d)`` vectors for :func:`fcn`.
+"""Architectures as neural-tangents ``stax`` triples ``(init_fn, apply_fn, kernel_fn)``:
+one definition gives the finite network and its infinite-width NNGP/NTK, so comparing
+them compares one architecture. Inputs: NHWC images (CNNs), ``(n, d)`` vectors (FCN).
 """
 
 from __future__ import annotations
@@ -11,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import jax
 import neural_tangents as nt  # noqa: F401  (ntkrepro.compat is applied by the package)
+import numpy as np
 from neural_tangents import stax
 
 Triple = tuple[Callable, Callable, Callable]
@@ -49,12 +48,9 @@ def fcn(
     b_std: float = 0.05,
     parameterization: str = "ntk",
 ) -> Triple:
-    """Fully connected network: ``depth`` hidden layers of ``width`` units, then a readout.
-
-    Input ``(n, d)``; output ``(n, out_dim)``. ``W_std``/``b_std`` are the standard
-    deviations of weights (times ``1/sqrt(fan_in)``) and biases; ``W_std**2`` is the
-    σ_w² of the mean-field literature.
-    """
+    """Fully connected network: ``depth`` hidden layers of ``width`` units, then a readout. Input
+    ``(n, d)``; output ``(n, out_dim)``. ``W_std``/``b_std`` are the standard deviations of weights
+    (times ``1/sqrt(fan_in)``) and biases; ``W_std**2`` is the σ_w² of the mean-field literature."""
     _check(width, depth, parameterization)
     dense = dict(W_std=W_std, b_std=b_std, parameterization=parameterization)
     hidden = [stax.serial(stax.Dense(width, **dense), activation(act)) for _ in range(depth)]
@@ -101,12 +97,10 @@ def lenet(
     b_std: float = 0.0,
     parameterization: str = "standard",
 ) -> Triple:
-    """LeNet-like CNN of Ortiz-Jiménez et al. (2021): conv 6 and 16 channels 5x5 SAME,
-    2x2 average pooling after each, then dense 120 → 84 → ``out_dim``. Input NHWC.
-
-    The defaults (standard parameterization, ``W_std=1``, zero biases) match a LeCun
-    normal weight initialization with zero biases.
-    """
+    """LeNet-like CNN of Ortiz-Jiménez et al. (2021): conv 6 and 16 channels 5x5 SAME, 2x2 average
+    pooling after each, then dense 120 → 84 → ``out_dim``. Input NHWC. The defaults (standard
+    parameterization, ``W_std=1``, zero biases) match a LeCun normal weight initialization with zero
+    biases."""
     _check(1, 0, parameterization)
     dense = dict(W_std=W_std, b_std=b_std, parameterization=parameterization)
     return stax.serial(
@@ -145,6 +139,15 @@ def ortiz2021(architecture: str, width: int = 100, depth: int = 2, out_dim: int 
 
 def count_params(params) -> int:
     """Number of scalar parameters in a pytree."""
-    import jax
-
     return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
+def init_many(init_fn: Callable, key: jax.Array, n: int, input_shape: tuple[int, ...]):
+    """``n`` independent initializations (keys ``split(key, n)``), stacked on a leading axis."""
+    keys = jax.random.split(key, n)
+    return jax.vmap(lambda k: init_fn(k, input_shape)[1])(keys)
+
+
+def apply_many(apply_fn: Callable, params_batch, x) -> np.ndarray:
+    """Outputs of each of ``S`` stacked networks on ``x`` ``(n, ...)``: ``(S, n, k)`` float64."""
+    return np.asarray(jax.jit(jax.vmap(lambda p: apply_fn(p, x)))(params_batch), np.float64)

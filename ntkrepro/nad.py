@@ -1,20 +1,12 @@
 """Neural anisotropy directions (NADs) and the linearly separable NAD benchmark.
 
-Ortiz-Jiménez et al. (2021) read the NADs of a network off its NTK at initialization:
-for inputs near ``x0``, the first-order change of the empirical NTK with the input is
-governed by the mixed derivative ``M = ∂²f/∂θ∂x`` at ``x0`` (a ``(P, D)`` matrix for
-``P`` parameters and ``D`` input pixels), and the NADs are its right singular vectors,
-ordered by decreasing singular value. The authors evaluate ``M`` at ``x0 = 0``.
-
-Here ``M`` is never formed. Write ``g(θ) = ∇_x f(θ, x0)`` (a map from parameters to
-``R^D``) with Jacobian ``J_g = Mᵀ`` of shape ``(D, P)``. Then
-
-    ``G = Mᵀ M = J_g J_gᵀ``   (``D x D``),
-
-the empirical NTK of ``g`` with its ``D`` outputs kept, and the NADs are the
-eigenvectors of ``G`` with eigenvalues ``σ_k²``. ``G`` is built column by column with
-one vector-Jacobian and one Jacobian-vector product of ``g`` per input direction, so the
-memory is ``O(chunk * P + D²)`` instead of ``O(P * D)``.
+The NADs of Ortiz-Jiménez et al. (2021) are the right singular vectors, by decreasing
+singular value, of the mixed derivative ``M = ∂²f/∂θ∂x`` at ``x0 = 0`` (``(P, D)`` for
+``P`` parameters and ``D`` input pixels), which governs how the eNTK changes with the
+input. ``M`` is never formed: with ``g(θ) = ∇_x f(θ, x0)`` (Jacobian ``J_g = Mᵀ``), the
+NADs are the eigenvectors of ``G = Mᵀ M = J_g J_gᵀ`` (``D x D``, eigenvalues ``σ_k²``),
+built with one VJP and one JVP of ``g`` per input direction: memory
+``O(chunk * P + D²)`` instead of ``O(P * D)``.
 """
 
 from __future__ import annotations
@@ -25,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkrepro.data import log_indices
+
 
 def input_gradient_fn(apply_fn: Callable, x0: jax.Array) -> Callable:
-    """``g(θ) = ∇_x f(θ, x)`` at ``x = x0``, flattened to shape ``(D,)``.
-
-    ``apply_fn(params, x)`` must return ``(1, k)`` for one input ``x`` of shape
-    ``(1, *input_shape)``; ``f`` is its first output (the single logit).
-    """
+    """``g(θ) = ∇_x f(θ, x)`` at ``x = x0``, flattened to shape ``(D,)``. ``apply_fn(params, x)``
+    must return ``(1, k)`` for one input ``x`` of shape ``(1, *input_shape)``; ``f`` is its first
+    output (the single logit)."""
 
     def g(params):
         grad = jax.grad(lambda x: apply_fn(params, x)[0, 0])(x0)
@@ -48,20 +40,10 @@ def mixed_derivative_gram(
     x0: np.ndarray | None = None,
     chunk: int = 64,
 ) -> np.ndarray:
-    """``G = Mᵀ M`` for the mixed derivative ``M = ∂²f/∂θ∂x`` at ``x0``; shape ``(D, D)``.
-
-    Args:
-      apply_fn: ``(params, x) -> (n, k)``; the first output is differentiated.
-      params: the parameters θ (e.g. at initialization).
-      input_shape: shape of one input without the batch axis, e.g. ``(32, 32, 1)``;
-        ``D = prod(input_shape)``.
-      x0: the input at which ``M`` is taken, shape ``input_shape``; default zeros (the
-        authors' choice).
-      chunk: number of columns of ``G`` computed per compiled call.
-
-    Returns:
-      float64 symmetric positive semi-definite ``(D, D)`` matrix.
-    """
+    """``G = Mᵀ M`` ``(D, D)`` float64 (symmetric PSD) for the mixed derivative
+    ``M = ∂²f/∂θ∂x`` of the first output of ``apply_fn(params, x) -> (n, k)`` at ``x0``
+    (shape ``input_shape``, one input without batch axis, ``D = prod(input_shape)``;
+    default zeros, the authors' choice); ``chunk`` columns per compiled call."""
     shape = tuple(int(s) for s in input_shape)
     d = int(np.prod(shape))
     if chunk < 1:
@@ -101,14 +83,9 @@ def nads(
     x0: np.ndarray | None = None,
     chunk: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Neural anisotropy directions of ``apply_fn`` at ``params``.
-
-    Returns:
-      ``(eigenvalues, directions)``: ``eigenvalues`` ``(D,)`` in decreasing order, the
-      squared singular values of ``M = ∂²f/∂θ∂x`` at ``x0``; ``directions``
-      ``(D, *input_shape)`` unit-norm NADs, ``directions[k]`` the k-th right singular
-      vector of ``M`` (the sign of each is arbitrary).
-    """
+    """Neural anisotropy directions of ``apply_fn`` at ``params``: ``(eigenvalues (D,),
+    decreasing, the squared singular values of M; directions (D, *input_shape), unit-norm,
+    directions[k] the k-th right singular vector of M, of arbitrary sign)``."""
     gram = mixed_derivative_gram(apply_fn, params, input_shape, x0=x0, chunk=chunk)
     values, vectors = np.linalg.eigh(gram)
     order = np.argsort(values)[::-1]
@@ -124,23 +101,11 @@ def separable_dataset(
     sigma: float,
     key: jax.Array,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Linearly separable data along ``direction`` (the NAD benchmark).
-
-    ``x = (ε/2) y u + (I - u uᵀ) w`` with ``u`` the unit-normalized direction, labels
-    ``y`` in {-1, +1} with probability 1/2 each and Gaussian noise ``w ~ N(0, σ² I)``:
-    the projection of every ``x`` on ``u`` is exactly ``ε y / 2`` (a margin of ``ε/2``),
-    the noise lives in the orthogonal complement.
-
-    Args:
-      direction: ``(*input_shape)``; normalized here.
-      n: number of samples.
-      epsilon: distance between the two classes along ``u``; > 0.
-      sigma: noise standard deviation per input coordinate; >= 0.
-      key: ``jax.random`` key.
-
-    Returns:
-      ``x`` ``(n, *input_shape)`` float32 and ``y`` ``(n, 1)`` float32 in {-1, +1}.
-    """
+    """``n`` examples linearly separable along ``direction`` ``(*input_shape)`` (the NAD
+    benchmark): ``x = (ε/2) y u + (I - u uᵀ) w``, ``u`` the unit direction, labels ``y``
+    ±1 with probability 1/2, noise ``w ~ N(0, σ² I)`` (``sigma >= 0``) projected off ``u``:
+    a margin ``ε/2`` (``epsilon > 0``). Returns ``x`` ``(n, *input_shape)`` and ``y``
+    ``(n, 1)``, float32."""
     if n < 1 or not epsilon > 0 or not sigma >= 0:
         raise ValueError(f"need n >= 1, epsilon > 0, sigma >= 0; got {n}, {epsilon}, {sigma}")
     u = np.asarray(direction, np.float64)
@@ -161,5 +126,4 @@ def nad_indices(d: int, count: int) -> list[int]:
     """``count`` distinct, roughly log-spaced NAD indices in ``[0, d - 1]``, 0 included."""
     if count < 2 or d < 2:
         raise ValueError(f"need count >= 2 and d >= 2, got count={count}, d={d}")
-    grid = np.unique(np.round(np.geomspace(1, d, count)).astype(int) - 1)
-    return [int(k) for k in grid]
+    return [k - 1 for k in log_indices(1, d, count)]

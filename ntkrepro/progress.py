@@ -1,9 +1,6 @@
-"""Progress bars that stay out of the book.
-
-``ntkrepro run`` sets ``$NTKREPRO_PROGRESS=0`` for the kernels it starts: an executed page
-should hold results, not progress widgets (which also pull scripts from a CDN into the
-HTML). Interactive runs and papermill runs by hand show the bars.
-"""
+"""Progress bars that stay out of the book: ``ntkrepro run`` sets ``$NTKREPRO_PROGRESS=0``
+for its kernels (an executed page holds results, not widgets pulling scripts from a CDN);
+interactive runs show the bars."""
 
 from __future__ import annotations
 

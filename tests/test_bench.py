@@ -1,5 +1,5 @@
-"""Benchmark helpers (ntkrepro.bench) and the eNTK cache: the references that benchmarks
-compare against must compute the same kernels as ntkrepro."""
+"""Measurement helpers (ntkrepro.measure), the plain references of benchmarks/ (they must
+compute the same kernels as ntkrepro), the benchmark report and the eNTK cache."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from ntkrepro import bench, kernels, models
+from ntkrepro import kernels, measure, models
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks/ is not part of the package
+from benchmarks import reference, report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +26,11 @@ def x():
 def test_jacobian_reference_equals_empirical_ntk(x):
     init_fn, apply_fn, _ = models.fcn(32, 2, 3)
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
-    ref = np.asarray(bench.entk_reference(apply_fn, params, x[:5], x))
+    ref = np.asarray(reference.entk_reference(apply_fn, params, x[:5], x))
     for impl in ("jacobian_contraction", "structured_derivatives"):
         got = kernels.empirical_ntk(apply_fn, params, x[:5], x, batch_size=4, implementation=impl)
         np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-5)
-    same = np.asarray(bench.entk_reference(apply_fn, params, x))
+    same = np.asarray(reference.entk_reference(apply_fn, params, x))
     np.testing.assert_allclose(same[:5], ref, rtol=1e-5, atol=1e-6)
 
 
@@ -38,7 +40,7 @@ def test_jacobian_reference_on_a_cnn():
     _, params = init_fn(jax.random.PRNGKey(0), xi.shape)
     got = kernels.empirical_ntk(apply_fn, params, xi, batch_size=4)
     np.testing.assert_allclose(
-        bench.entk_reference(apply_fn, params, xi), got, rtol=2e-4, atol=1e-5
+        reference.entk_reference(apply_fn, params, xi), got, rtol=2e-4, atol=1e-5
     )
 
 
@@ -47,37 +49,38 @@ def test_numpy_arccos_recursion_equals_analytic_kernel(x, depth):
     _, _, kernel_fn = models.fcn(8, depth, 1, W_std=1.3, b_std=0.2)
     with jax.enable_x64(True):
         want = kernels.analytic(kernel_fn, x[:4].astype(np.float64), x.astype(np.float64))
-    nngp, ntk = bench.relu_fcn_kernels(x[:4], x, depth, W_std=1.3, b_std=0.2)
+    nngp, ntk = reference.relu_fcn_kernels(x[:4], x, depth, W_std=1.3, b_std=0.2)
     np.testing.assert_allclose(nngp, want["nngp"], rtol=1e-8)
     np.testing.assert_allclose(ntk, want["ntk"], rtol=1e-8)
-    nngp_same, _ = bench.relu_fcn_kernels(x, None, depth, W_std=1.3, b_std=0.2)
+    nngp_same, _ = reference.relu_fcn_kernels(x, None, depth, W_std=1.3, b_std=0.2)
     np.testing.assert_allclose(nngp_same[:4], nngp, rtol=1e-12)
 
 
 def test_fit_power_law_recovers_exponent():
+    fit_power_law = pytest.importorskip("ntkrepro.metrics").fit_power_law
     n = np.array([100, 200, 400, 800, 1600])
-    a, c = bench.fit_power_law(n, 3e-7 * n**2.5)
+    a, c = fit_power_law(n, 3e-7 * n**2.5)
     assert a == pytest.approx(2.5, abs=1e-9) and c == pytest.approx(3e-7, rel=1e-9)
     noisy = 2.0 * n**3 * np.exp(np.random.default_rng(0).normal(0, 0.05, n.size))
-    assert bench.fit_power_law(n, noisy)[0] == pytest.approx(3.0, abs=0.15)
+    assert fit_power_law(n, noisy)[0] == pytest.approx(3.0, abs=0.15)
     for bad in (([1], [1]), ([1, 1], [2, 3]), ([1, 2], [0, 1])):
         with pytest.raises(ValueError):
-            bench.fit_power_law(*bad)
+            fit_power_law(*bad)
 
 
 def test_time_call_takes_the_median_of_warm_calls():
     calls = []
-    out = bench.time_call(lambda: calls.append(1) or np.zeros(3), repeats=3, warmup=2)
+    out = measure.time_call(lambda: calls.append(1) or np.zeros(3), repeats=3, warmup=2)
     assert len(calls) == 5 and len(out["times_s"]) == 3
     assert out["min_s"] <= out["median_s"] and out["repeats"] == 3
     with pytest.raises(ValueError):
-        bench.time_call(lambda: None, repeats=0)
+        measure.time_call(lambda: None, repeats=0)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux-only")
 def test_peak_memory_sees_a_large_temporary():
-    small = bench.peak_memory_mib(lambda: np.ones(10).sum())[1]
-    value, big = bench.peak_memory_mib(lambda: np.ones(64 * 2**20 // 8).sum())  # 64 MiB
+    small = measure.peak_memory_mib(lambda: np.ones(10).sum())[1]
+    value, big = measure.peak_memory_mib(lambda: np.ones(64 * 2**20 // 8).sum())  # 64 MiB
     assert value == 64 * 2**20 // 8
     assert big is not None and small is not None
     assert big >= 60 and small < 30
@@ -102,18 +105,22 @@ def test_empirical_ntk_compiles_once_per_model(x, monkeypatch):
     assert not np.allclose(k1, k2)
 
 
+def test_time_side_by_side_interleaves_the_calls():
+    order = []
+    out = measure.time_side_by_side(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2, warmup=1
+    )
+    assert order == ["a", "b", "a", "b", "a", "b"] and set(out) == {"a", "b"}
+    assert out["a"]["repeats"] == 2 and len(out["b"]["times_s"]) == 2
+
+
 def test_machine_record_is_json():
-    record = bench.machine()
+    record = measure.machine()
     assert record["cpu_count"] >= 1 and record["versions"]
     json.dumps(record)
 
 
 def test_benchmark_summary_table(tmp_path):
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import report
-    finally:
-        sys.path.remove(str(ROOT))
     record = {
         "name": "entk",
         "machine": {"load_average_1_5_15": [3.0, 2.0, 1.0], "cpu_count": 2},

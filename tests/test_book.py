@@ -1,4 +1,5 @@
-"""Tests of ntkrepro.book: TOC parsing, claim.json validation, staging, status page, links.
+"""Tests of the book build (ntkrepro.tooling.book, .status): TOC parsing, claim.json
+validation (claims.schema_problems), staging, status page, links.
 
 Every test works on a fake project root in tmp_path made from the real ``_config.yml`` and
 ``book/`` (the real root is the parent of tests/, or $NTKREPRO_ROOT) plus fake results, so
@@ -18,10 +19,12 @@ import struct
 import zlib
 from pathlib import Path
 
+import htmlcheck
 import pytest
 import yaml
 
-from ntkrepro import book, config, results
+from ntkrepro import claims, config, results
+from ntkrepro.tooling import book, status
 
 ROOT = Path(os.environ.get("NTKREPRO_ROOT", Path(__file__).resolve().parents[1]))
 KEY = "lee2020/kernels_vs_networks"
@@ -205,12 +208,17 @@ def fake_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def no_npm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Replace the npm install of MathJax by a stub es5 folder (fast, offline)."""
+    """Replace the npm installs of MathJax and DataTables by stub folders (fast, offline)."""
     es5 = tmp_path / "mathjax-es5"
     (es5 / "output" / "chtml" / "fonts").mkdir(parents=True)
     (es5 / "tex-chtml.js").write_text("/* stub */")
     (es5 / "tex-svg.js").write_text("/* not copied */")
     monkeypatch.setattr(book, "ensure_mathjax", lambda root: es5)
+    modules = tmp_path / "datatables-modules"
+    for package, path in book._DATATABLES_FILES:
+        (modules / package / path).parent.mkdir(parents=True, exist_ok=True)
+        (modules / package / path).write_text("/* stub */")
+    monkeypatch.setattr(book, "ensure_datatables", lambda root: modules)
     return es5
 
 
@@ -325,13 +333,36 @@ def test_load_claim_reports_every_problem_at_once(tmp_path: Path) -> None:
     assert "'title'" in str(err.value) and "'device'" in str(err.value)
 
 
+def test_schema_is_valid_and_speaks_the_verdicts_of_claims() -> None:
+    import jsonschema
+
+    schema = json.loads((Path(claims.__file__).with_name("claim.schema.json")).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert tuple(schema["$defs"]["verdict"]["enum"]) == claims.VERDICTS
+    assert set(schema["$defs"]["check"]["properties"]["verdict"]["enum"]) == {
+        claims.REPRODUCED,
+        claims.NOT_REPRODUCED,
+    }
+
+
+def test_schema_accepts_the_new_check_fields_and_peak_memory() -> None:
+    data = fake_claim()
+    data["claims"][0].update(quantity="max_gap", op="<=", threshold_parameter="tolerance")
+    data["provenance"]["peak_rss_mib"] = 812.5
+    assert claims.schema_problems(data) == []
+    data["claims"][0]["op"] = "=="
+    assert claims.schema_problems(data) == [
+        "claims[0]: op '==' is not one of ['<=', '<', '>=', '>']"
+    ]
+
+
 # ---------------------------------------------------------------------------- status page
 
 
 def test_render_status_shows_claims_numbers_verdicts_and_links() -> None:
-    text = book.render_status([fake_claim()], "cpu")
+    text = status.render_status([fake_claim()], "cpu")
     assert text.startswith("# Reproduction status")
-    assert f"[{book.md_text(TITLE)}](../notebooks/{KEY}.ipynb)" in text
+    assert f"[{status.md_text(TITLE)}](../notebooks/{KEY}.ipynb)" in text
     assert "{bdg-warning}`partly reproduced`" in text  # figure verdict
     assert "{bdg-success}`reproduced`" in text  # claim a
     assert "{bdg-danger}`not reproduced`" in text  # claim b
@@ -340,19 +371,19 @@ def test_render_status_shows_claims_numbers_verdicts_and_links() -> None:
     assert "2026-11-23" in text and "1.59 min" in text and "device cpu" in text
     assert "profile `cpu`" in text
     assert "0 reproduced, 1 partly reproduced, 0 not reproduced" in text
-    assert book.md_text("CIFAR-10 -> MNIST (not installable offline)") in text
+    assert status.md_text("CIFAR-10 -> MNIST (not installable offline)") in text
     assert '"widths": [' in text  # parameters of the run
 
 
 def test_render_status_escapes_markdown_in_claim_text() -> None:
-    text = book.render_status([fake_claim()], "cpu")
+    text = status.render_status([fake_claim()], "cpu")
     # A raw "|" would split a table cell; "*" and "$" would become emphasis and math.
     assert "NTK \\| at every n" in text
     assert "\\*often\\* (costs \\$0)" in text
 
 
 def test_render_status_without_figures_says_so() -> None:
-    text = book.render_status([], "paper")
+    text = status.render_status([], "paper")
     assert "No figure has been reproduced yet" in text
     assert "`paper`" in text
 
@@ -368,11 +399,11 @@ def test_render_status_without_figures_says_so() -> None:
     ],
 )
 def test_md_text_escapes(raw: str, escaped: str) -> None:
-    assert book.md_text(raw) == escaped
+    assert status.md_text(raw) == escaped
 
 
 def test_md_code_survives_backticks() -> None:
-    assert book.md_code("a`b") == "``a`b``"
+    assert status.md_code("a`b") == "``a`b``"
 
 
 @pytest.mark.parametrize(
@@ -380,13 +411,13 @@ def test_md_code_survives_backticks() -> None:
     [(0.0123456, "0.01235"), (3, "3"), (True, "true"), ([1, 2, 3, 4, 5, 6, 7], "... (7 values)")],
 )
 def test_format_value(value: object, text: str) -> None:
-    assert text in book.format_value(value)
+    assert text in status.format_value(value)
 
 
 def test_format_runtime() -> None:
-    assert book.format_runtime(12.0) == "12 s"
-    assert book.format_runtime(95.2) == "1.59 min"
-    assert book.format_runtime(7200) == "2 h"
+    assert status.format_runtime(12.0) == "12 s"
+    assert status.format_runtime(95.2) == "1.59 min"
+    assert status.format_runtime(7200) == "2 h"
 
 
 # ---------------------------------------------------------------------------- staging
@@ -513,6 +544,18 @@ def test_stage_rejects_a_profile_name_with_a_path(fake_root: Path) -> None:
         book.stage("../cpu", fake_root)
 
 
+def test_stage_hides_papermills_injected_parameters(fake_root: Path, no_npm: Path) -> None:
+    nb = fake_notebook()
+    injected = {"cell_type": "code", "id": "inj", "execution_count": 1, "outputs": []}
+    injected |= {"metadata": {"tags": ["injected-parameters"]}, "source": "# Parameters\np = 1\n"}
+    nb["cells"].insert(1, injected)
+    write_results(fake_root, notebook=nb)
+    staged = json.loads((book.stage("cpu", fake_root) / "notebooks" / f"{KEY}.ipynb").read_text())
+    tags = [c["metadata"].get("tags", []) for c in staged["cells"]]
+    assert tags[1] == ["injected-parameters", "remove-cell"]
+    assert all("remove-cell" not in t for i, t in enumerate(tags) if i != 1)
+
+
 def test_stage_lays_out_the_book(fake_root: Path, no_npm: Path) -> None:
     stale = book.staging_dir("cpu", fake_root) / "book" / "stale.md"
     stale.parent.mkdir(parents=True)
@@ -612,7 +655,7 @@ def test_screenshot_without_chromium_says_how_to_install(tmp_path: Path) -> None
     page = tmp_path / "a.html"
     page.write_text("<html></html>")
     with pytest.raises(RuntimeError, match="apt-get install chromium"):
-        book.screenshot(page, tmp_path / "a.png", chromium=tmp_path / "no-chromium")
+        htmlcheck.screenshot(page, tmp_path / "a.png", chromium=tmp_path / "no-chromium")
 
 
 # ---------------------------------------------------------------------------- full build
@@ -645,7 +688,7 @@ def test_full_build_of_a_fake_book(fake_root: Path) -> None:
     assert book.check_links(html) == []
     assert book.remote_scripts(html) == []
     try:
-        dom = book.rendered_dom(html / "book" / "intro.html")
+        dom = htmlcheck.rendered_dom(html / "book" / "intro.html")
     except RuntimeError as err:  # no Chromium here: the static checks above still hold
         pytest.skip(f"cannot check rendering: {err}")
     assert "<mjx-container" in dom  # MathJax typeset the formulas, offline

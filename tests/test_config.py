@@ -182,3 +182,12 @@ def test_deviations_list_only_what_differs_from_the_paper_profile():
     assert config.paper_deviations(key, params) == []
     params["n_test"] = 7
     assert config.paper_deviations(key, params) == [f"n_test 7 (paper: {paper['n_test']})"]
+
+
+def test_table_text_markdown_and_csv_agree():
+    rows = [{"arch": "FCN", "acc": 0.91234, "reg": None}, {"arch": "CNN, GAP", "acc": 0.5}]
+    md, csv_text = results.table_text(rows, ["arch", "acc", "reg"], digits=2)
+    lines = md.splitlines()
+    assert lines[0] == "| arch | acc | reg |"
+    assert lines[2] == "| FCN | 0.91 |  |"
+    assert csv_text.splitlines() == ["arch,acc,reg", "FCN,0.91,", '"CNN, GAP",0.50,']

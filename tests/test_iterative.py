@@ -43,7 +43,7 @@ def test_k1_is_ordinary_gradient_descent(setup, batch_size):
 def test_k_none_trains_the_fixed_linearization(setup):
     x, y, apply_fn, params = setup
     kw = dict(optimizer=optax.sgd(0.2), steps=40, chunk_size=15)
-    lin = train.train(train.linearized(apply_fn, params), params, x, y, progress=False, **kw)
+    lin = train.train(train.linearize(apply_fn, params), params, x, y, progress=False, **kw)
     it = train.train_iterative_linearization(
         apply_fn, params, x, y, relinearize_every=None, progress=False, **kw
     )
@@ -76,7 +76,7 @@ def test_k_steps_on_each_linearization_then_relinearize(setup):
     for start, n in [(0, 4), (4, 4), (8, 2)]:
         anchors[start] = p
         piece = train.train(
-            train.linearized(apply_fn, p), p, x, y, optimizer=opt, steps=n, progress=False
+            train.linearize(apply_fn, p), p, x, y, optimizer=opt, steps=n, progress=False
         )
         p = piece.params
         losses.append(piece.loss)
@@ -85,7 +85,7 @@ def test_k_steps_on_each_linearization_then_relinearize(setup):
     leaves_close(it.anchor, anchors[8], rtol=1e-5, atol=1e-6)
     leaves_close(it.anchors[5], anchors[4], rtol=1e-5, atol=1e-6)
     assert sorted(it.snapshots) == [0, 5, 10] and it.feature_updates == 2
-    f = train.linearized_at(apply_fn, it.params, it.anchor, x)
+    f = train.linearize(apply_fn, it.anchor)(it.params, x)
     assert f.shape == (24, 3)
 
 

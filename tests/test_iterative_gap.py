@@ -1,5 +1,5 @@
 """Iterative linearisation with the CNN-GAP of fort2020 / goldwaser2023, and the
-normalized-step learning-rate rule (ntkrepro.kernels.lr_for_normalized_step)."""
+normalized-step learning-rate rule (ntkrepro.predict.lr_for_normalized_step)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ntkrepro import kernels, models, train
+from ntkrepro import kernels, models, predict, train
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def test_ntk_scale_is_top_eigenvalue_over_n():
     rng = np.random.default_rng(2)
     a = rng.normal(size=(20, 7))
     k = a @ a.T
-    assert kernels.ntk_scale(k) == pytest.approx(np.linalg.eigvalsh(k)[-1] / 20, rel=1e-10)
-    assert kernels.ntk_scale(3.0 * np.ones((5, 5))) == pytest.approx(3.0)
+    assert predict.ntk_scale(k) == pytest.approx(np.linalg.eigvalsh(k)[-1] / 20, rel=1e-10)
+    assert predict.ntk_scale(3.0 * np.ones((5, 5))) == pytest.approx(3.0)
     with pytest.raises(ValueError, match="square"):
-        kernels.ntk_scale(np.ones((3, 4)))
+        predict.ntk_scale(np.ones((3, 4)))
 
 
 def test_lr_for_normalized_step_undoes_a_rescaled_output(gap_setup):
@@ -80,11 +80,11 @@ def test_lr_for_normalized_step_undoes_a_rescaled_output(gap_setup):
     def scaled(p, xx):
         return 3.0 * apply_fn(p, xx)
 
-    lr1, lam1 = kernels.lr_for_normalized_step(apply_fn, params, x, 2.0)
-    lr3, lam3 = kernels.lr_for_normalized_step(scaled, params, x, 2.0)
+    lr1, lam1 = predict.lr_for_normalized_step(apply_fn, params, x, 2.0)
+    lr3, lam3 = predict.lr_for_normalized_step(scaled, params, x, 2.0)
     assert lr1 * lam1 == pytest.approx(2.0)
-    assert lam1 == pytest.approx(kernels.ntk_scale(kernels.empirical_ntk(apply_fn, params, x)))
+    assert lam1 == pytest.approx(predict.ntk_scale(kernels.empirical_ntk(apply_fn, params, x)))
     assert lam3 == pytest.approx(9.0 * lam1, rel=1e-4)
     assert lr3 == pytest.approx(lr1 / 9.0, rel=1e-4)
     with pytest.raises(ValueError, match="normalized_step"):
-        kernels.lr_for_normalized_step(apply_fn, params, x, 0.0)
+        predict.lr_for_normalized_step(apply_fn, params, x, 0.0)

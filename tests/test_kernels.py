@@ -8,7 +8,7 @@ import neural_tangents as nt
 import numpy as np
 import pytest
 
-from ntkrepro import kernels, models
+from ntkrepro import kernels, metrics, models, predict
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +61,14 @@ def test_gradient_flow_matches_explicit_gradient_descent(problem):
     _, _, kernel_fn = models.fcn(64, 1, 3)
     k = np.asarray(kernel_fn(x, None, "ntk"), np.float64)
     ks = np.asarray(kernel_fn(xt, x, "ntk"), np.float64)
-    lr = 0.01 * kernels.max_learning_rate(k, 3)
+    lr = 0.01 * predict.max_learning_rate(k, 3)
     steps = 3000
     # Gradient descent in function space with the module's MSE convention.
     f, ft = np.zeros_like(y), np.zeros((7, 3))
     for _ in range(steps):
         resid = (f - y) / y.size
         f, ft = f - lr * k @ resid, ft - lr * ks @ resid
-    f_train, f_test = kernels.gradient_flow(k, ks, y, [lr * steps])
+    f_train, f_test = predict.gradient_flow(k, ks, y, [lr * steps])
     np.testing.assert_allclose(f_train[0], f, rtol=0, atol=2e-3 * np.abs(y).max())
     np.testing.assert_allclose(f_test[0], ft, rtol=0, atol=2e-3 * np.abs(y).max())
 
@@ -78,12 +78,12 @@ def test_gradient_flow_agrees_with_neural_tangents_predict(problem):
     _, _, kernel_fn = models.fcn(64, 1, 3)
     k = np.asarray(kernel_fn(x, None, "ntk"), np.float64)
     ks = np.asarray(kernel_fn(xt, x, "ntk"), np.float64)
-    predict = nt.predict.gradient_descent_mse(k, y, learning_rate=1.0, diag_reg=0.0)
+    nt_predict = nt.predict.gradient_descent_mse(k, y, learning_rate=1.0, diag_reg=0.0)
     t = 50.0
-    _, ours = kernels.gradient_flow(k, ks, y, [t, np.inf])
-    theirs = predict(t, np.zeros_like(y), np.zeros((7, 3)), ks)[1]
+    _, ours = predict.gradient_flow(k, ks, y, [t, np.inf])
+    theirs = nt_predict(t, np.zeros_like(y), np.zeros((7, 3)), ks)[1]
     np.testing.assert_allclose(ours[0], theirs, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(ours[1], kernels.kernel_regression(k, ks, y), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ours[1], predict.kernel_regression(k, ks, y), rtol=1e-5, atol=1e-7)
 
 
 def test_max_learning_rate_is_the_stability_edge(problem):
@@ -92,7 +92,7 @@ def test_max_learning_rate_is_the_stability_edge(problem):
     k = np.asarray(kernel_fn(x, None, "ntk"), np.float64)
 
     def final_residual(fraction):
-        lr = fraction * kernels.max_learning_rate(k, 3)
+        lr = fraction * predict.max_learning_rate(k, 3)
         f = np.zeros_like(y)
         for _ in range(400):
             f = f - lr * k @ (f - y) / y.size
@@ -104,25 +104,50 @@ def test_max_learning_rate_is_the_stability_edge(problem):
 
 def test_diag_regularization_and_kernel_regression():
     k = np.array([[2.0, 1.0], [1.0, 2.0]])
-    np.testing.assert_allclose(kernels.diag_regularize(k, 0.5), k + np.eye(2))
+    np.testing.assert_allclose(predict.diag_regularize(k, 0.5), k + np.eye(2))
     y = np.array([[1.0], [-1.0]])
-    np.testing.assert_allclose(kernels.kernel_regression(k, k, y), y, atol=1e-12)
+    np.testing.assert_allclose(predict.kernel_regression(k, k, y), y, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k_dtype", [np.float64, np.float32])
+def test_kernel_regression_is_the_plain_cholesky_solve_bit_for_bit(dtype, k_dtype):
+    """One in-place copy instead of four computes the same numbers as the textbook
+    formula (dense ``diag_regularize``, cast, ``cho_factor``, ``cho_solve``)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(60, 70))
+    k, ks = (a @ a.T / 70).astype(k_dtype), rng.normal(size=(9, 60)).astype(k_dtype)
+    y = rng.normal(size=(60, 3)).astype(np.float32)
+    for reg in (0.0, 1e-3):
+        reg_k = predict.diag_regularize(np.asarray(k, np.float64), reg).astype(dtype)
+        alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(reg_k, lower=True), y.astype(dtype))
+        want = ks.astype(dtype) @ alpha
+        got = predict.kernel_regression(k, ks, y, reg, dtype=dtype)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        predict.kernel_regression(k, ks, np.full_like(y, np.nan))
 
 
 def test_distance_alignment_accuracy():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(6, 6))
     k = a @ a.T
-    assert kernels.kernel_distance(k, 3 * k) == pytest.approx(0.0, abs=1e-12)
-    assert kernels.kernel_distance(k, np.eye(6)) > 0.05
-    assert kernels.relative_change(1.5 * k, k) == pytest.approx(0.5)
+    assert metrics.kernel_distance(k, 3 * k) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.kernel_distance(k, np.eye(6)) > 0.05
+    assert metrics.relative_change(1.5 * k, k) == pytest.approx(0.5)
     y = np.sign(rng.normal(size=6))
-    assert kernels.alignment(np.outer(y, y), y) == pytest.approx(1.0)
-    assert kernels.alignment(np.eye(6), y) < 0.9
+    assert metrics.alignment(np.outer(y, y), y) == pytest.approx(1.0)
+    assert metrics.alignment(np.eye(6), y) < 0.9
     lam, v = kernels.eigh_desc(k)
     assert np.all(np.diff(lam) <= 0) and np.allclose(k @ v[:, 0], lam[0] * v[:, 0])
-    assert kernels.accuracy(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1])) == 0.5
-    assert kernels.accuracy(np.array([0.3, -0.2, 0.1]), np.array([1, -1, -1])) == 2 / 3
+    assert metrics.accuracy(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1])) == 0.5
+    assert metrics.accuracy(np.array([0.3, -0.2, 0.1]), np.array([1, -1, -1])) == 2 / 3
+    stack = np.array([[[0.1, 0.9], [0.8, 0.2]], [[0.9, 0.1], [0.8, 0.2]], [[np.nan, 1], [0, 1]]])
+    np.testing.assert_array_equal(metrics.accuracy(stack, np.array([1, 1])), [0.5, 0.0, np.nan])
+    kt, k0 = np.stack([1.5 * k, k]), np.stack([k, k])
+    np.testing.assert_allclose(metrics.relative_change(kt, k0), [0.5, 0.0])
 
 
 @pytest.mark.parametrize("readout", ["vec", "gap"])

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import ntkrepro  # noqa: F401  (applies the neural-tangents compatibility patches)
-from ntkrepro import experiments, kernels, models, train
+from ntkrepro import data, kernels, memory, metrics, models, predict, train
 
 
 @pytest.fixture(scope="module")
@@ -25,39 +25,39 @@ def small():
 
 def test_downsample_averages_blocks_and_rejects_bad_factors():
     x = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
-    out = experiments.downsample(x, 2)
+    out = data.pool(x, 2)
     assert out.shape == (2, 2, 2, 1)
     assert out[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))
     with pytest.raises(ValueError, match="divisor"):
-        experiments.downsample(x, 3)
+        data.pool(x, 3)
     with pytest.raises(ValueError, match="NHWC"):
-        experiments.downsample(x[..., 0], 2)
+        data.pool(x[..., 0], 2)
 
 
 def test_ridge_sweep_matches_kernel_regression(small):
     *_, k_tt, k_st = small
     y = small[2]
     regs = [1e-3, 0.1, 10.0]
-    sweep = kernels.ridge_sweep(k_tt["nngp"], k_st["nngp"], y, regs)
+    sweep = predict.ridge_sweep(k_tt["nngp"], k_st["nngp"], y, regs)
     assert sweep.shape == (3, 9, 3)
     for eps, f in zip(regs, sweep, strict=True):
-        expected = kernels.kernel_regression(k_tt["nngp"], k_st["nngp"], y, eps)
+        expected = predict.kernel_regression(k_tt["nngp"], k_st["nngp"], y, eps)
         np.testing.assert_allclose(f, expected, rtol=1e-6, atol=1e-8)
     # Stronger regularization shrinks the predictions toward zero.
     norms = np.linalg.norm(sweep.reshape(3, -1), axis=1)
     assert norms[0] > norms[1] > norms[2]
     with pytest.raises(ValueError, match=">= 0"):
-        kernels.ridge_sweep(k_tt["nngp"], k_st["nngp"], y, [-1.0])
+        predict.ridge_sweep(k_tt["nngp"], k_st["nngp"], y, [-1.0])
 
 
 def test_ntk_gp_posterior_mean_is_gradient_flow(small):
     x, xt, y, _, _, kernel_fn, k_tt, k_st = small
-    _, f = kernels.gradient_flow(k_tt["ntk"], k_st["ntk"], y, [5.0])
-    mean, var = kernels.ntk_gp_posterior(kernel_fn, x, y, xt, 5.0)
+    _, f = predict.gradient_flow(k_tt["ntk"], k_st["ntk"], y, [5.0])
+    mean, var = predict.ntk_gp_posterior(kernel_fn, x, y, xt, 5.0)
     np.testing.assert_allclose(mean, f[0], rtol=1e-4, atol=1e-5)
     assert var.shape == (9,) and np.all(var > 0)
     # At t = 0 the variance is the prior NNGP variance of the test points.
-    _, var0 = kernels.ntk_gp_posterior(kernel_fn, x, y, xt, 0.0)
+    _, var0 = predict.ntk_gp_posterior(kernel_fn, x, y, xt, 0.0)
     prior = np.diagonal(kernels.analytic(kernel_fn, xt, get="nngp"))
     np.testing.assert_allclose(var0, prior, rtol=1e-4)
 
@@ -67,7 +67,7 @@ def test_train_ensemble_members_follow_their_own_gradient_descent(small, vectori
     x, xt, y, init_fn, apply_fn, *_ = small
     keys = [jax.random.PRNGKey(1), jax.random.PRNGKey(2)]
     lr, wd = 0.5, 1e-2
-    ens = experiments.train_ensemble(
+    ens = train.train_ensemble(
         init_fn,
         apply_fn,
         keys,
@@ -95,36 +95,36 @@ def test_train_ensemble_members_follow_their_own_gradient_descent(small, vectori
 
 def test_train_ensemble_records_divergence_instead_of_raising(small):
     x, xt, y, init_fn, apply_fn, *_ = small
-    ens = experiments.train_ensemble(
+    ens = train.train_ensemble(
         init_fn, apply_fn, [jax.random.PRNGKey(0)], x, y, xt, lr=1e4, steps=50
     )
     assert ens.diverged and ens.diverged_at < 50
     with pytest.raises(ValueError, match="key"):
-        experiments.train_ensemble(init_fn, apply_fn, [], x, y, xt, lr=1.0, steps=1)
+        train.train_ensemble(init_fn, apply_fn, [], x, y, xt, lr=1.0, steps=1)
 
 
 def test_kernel_prediction_from_zero_start_is_the_mean_and_tracks_a_wide_network(small):
     x, xt, y, _, _, _, k_tt, k_st = small
     zero_tr, zero_te = np.zeros((1, 24, 3)), np.zeros((1, 9, 3))
-    f = experiments.kernel_prediction_from(k_tt["ntk"], k_st["ntk"], y, zero_tr, zero_te, 3.0)
-    _, mean = kernels.gradient_flow(k_tt["ntk"], k_st["ntk"], y, [3.0])
+    f = predict.gradient_flow_from(k_tt["ntk"], k_st["ntk"], y, zero_tr, zero_te, 3.0)
+    _, mean = predict.gradient_flow(k_tt["ntk"], k_st["ntk"], y, [3.0])
     np.testing.assert_allclose(f[0], mean[0])
     # A wide network trained by GD stays close to its own linearized prediction.
     init_fn, apply_fn, kernel_fn = models.fcn(2048, 1, 3)
     kt = kernels.analytic(kernel_fn, x, get="ntk")
     ks = kernels.analytic(kernel_fn, xt, x, get="ntk")
-    lr = 0.5 * kernels.max_learning_rate(kt, 3)
-    ens = experiments.train_ensemble(
+    lr = 0.5 * predict.max_learning_rate(kt, 3)
+    ens = train.train_ensemble(
         init_fn, apply_fn, [jax.random.PRNGKey(3)], x, y, xt, lr=lr, steps=40
     )
-    own = experiments.kernel_prediction_from(kt, ks, y, ens.f0_train, ens.f0_test, lr * 40)
-    far = experiments.kernel_prediction_from(kt, ks, y, zero_tr, zero_te, lr * 40)
-    assert experiments.rms(ens.f_test, own) < 0.2 * experiments.rms(ens.f_test, far)
+    own = predict.gradient_flow_from(kt, ks, y, ens.f0_train, ens.f0_test, lr * 40)
+    far = predict.gradient_flow_from(kt, ks, y, zero_tr, zero_te, lr * 40)
+    assert metrics.rms(ens.f_test, own) < 0.2 * metrics.rms(ens.f_test, far)
 
 
 def test_predictive_variance_and_peak_memory():
     f = np.stack([np.zeros((4, 2)), np.ones((4, 2))])
-    assert experiments.predictive_variance(f) == pytest.approx(0.5)
+    assert metrics.predictive_variance(f) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="members >= 2"):
-        experiments.predictive_variance(f[:1])
-    assert experiments.peak_memory_mib() > 10
+        metrics.predictive_variance(f[:1])
+    assert memory.peak_rss_mib() > 10  # experiments.peak_memory_mib moved to the leaf memory

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ntkrepro  # noqa: F401  (applies the neural-tangents compatibility patches)
-from ntkrepro import experiments, kernels, models
+from ntkrepro import kernels, metrics, models, predict
 
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
@@ -23,7 +23,7 @@ def test_network_max_learning_rate_matches_the_empirical_ntk(parameterization):
     n, k = 12, 3
     matrix = np.asarray(full).transpose(0, 2, 1, 3).reshape(n * k, n * k)
     expected = 2 * n * k / np.linalg.eigvalsh(matrix.astype(np.float64))[-1]
-    got = experiments.network_max_learning_rate(apply_fn, params, x, iters=200)
+    got = predict.network_max_learning_rate(apply_fn, params, x, iters=200)
     assert got == pytest.approx(expected, rel=1e-3)
 
 
@@ -37,7 +37,7 @@ def test_standard_parameterization_rate_shrinks_with_width():
         for width in (32, 512):
             init_fn, apply_fn, _ = models.fcn(width, 1, 2, parameterization=par)
             _, params = init_fn(jax.random.PRNGKey(0), x.shape)
-            rates[par, width] = experiments.network_max_learning_rate(apply_fn, params, x)
+            rates[par, width] = predict.network_max_learning_rate(apply_fn, params, x)
     # Standard: the NTK grows like the width, so the stable rate falls by about 16x.
     assert rates["standard", 32] / rates["standard", 512] > 8
     # NTK parameterization: the kernel converges, the rate changes little.
@@ -46,7 +46,7 @@ def test_standard_parameterization_rate_shrinks_with_width():
 
 def test_network_max_learning_rate_rejects_bad_iters():
     with pytest.raises(ValueError, match="iters"):
-        experiments.network_max_learning_rate(lambda p, x: x, {}, np.ones((2, 2)), iters=0)
+        predict.network_max_learning_rate(lambda p, x: x, {}, np.ones((2, 2)), iters=0)
 
 
 def test_validation_accuracy_uses_only_the_training_kernel():
@@ -55,15 +55,15 @@ def test_validation_accuracy_uses_only_the_training_kernel():
     y = np.eye(3)[labels] - 1 / 3
     # A kernel that is perfect for the labels: same class -> 1, else 0, plus a ridge.
     k = (labels[:, None] == labels[None, :]).astype(float) + 0.1 * np.eye(40)
-    acc = experiments.validation_accuracy(k, y, labels, 10, [1e-3, 1.0])
+    acc = predict.validation_accuracy(k, y, labels, 10, [1e-3, 1.0])
     assert acc.shape == (2,)
     np.testing.assert_allclose(acc, 1.0)
     # Labels of the held-out part are what is scored: permuting them lowers accuracy.
     wrong = labels.copy()
     wrong[30:] = (wrong[30:] + 1) % 3
-    assert experiments.validation_accuracy(k, y, wrong, 10, [1e-3])[0] == 0.0
+    assert predict.validation_accuracy(k, y, wrong, 10, [1e-3])[0] == 0.0
     with pytest.raises(ValueError, match="n_val"):
-        experiments.validation_accuracy(k, y, labels, 40, [1e-3])
+        predict.validation_accuracy(k, y, labels, 40, [1e-3])
 
 
 def test_centering_targets_leaves_kernel_argmax_unchanged():
@@ -74,30 +74,21 @@ def test_centering_targets_leaves_kernel_argmax_unchanged():
     k = a @ a.T + np.eye(20)
     ks = rng.normal(size=(7, 20))
     labels = rng.integers(0, 4, size=20)
-    plain = kernels.kernel_regression(k, ks, np.eye(4)[labels], 0.1)
-    centered = kernels.kernel_regression(k, ks, np.eye(4)[labels] - 0.25, 0.1)
+    plain = predict.kernel_regression(k, ks, np.eye(4)[labels], 0.1)
+    centered = predict.kernel_regression(k, ks, np.eye(4)[labels] - 0.25, 0.1)
     np.testing.assert_array_equal(plain.argmax(1), centered.argmax(1))
     assert not np.allclose(plain, centered)
 
 
 def test_largest_width_drop_finds_the_dip():
-    out = experiments.largest_width_drop([8, 16, 32, 64], [0.5, 0.7, 0.6, 0.65], [0, 0, 0, 0])
+    out = metrics.largest_width_drop([8, 16, 32, 64], [0.5, 0.7, 0.6, 0.65], [0, 0, 0, 0])
     assert out["narrow"] == 16 and out["wide"] == 32
     assert out["drop"] == pytest.approx(0.1)
     assert out["z"] == np.inf
-    mono = experiments.largest_width_drop([1, 2, 3], [0.1, 0.2, 0.3], [0.01, 0.01, 0.01])
+    mono = metrics.largest_width_drop([1, 2, 3], [0.1, 0.2, 0.3], [0.01, 0.01, 0.01])
     assert mono["drop"] == pytest.approx(-0.1)
     assert mono["z"] < 0
-    noisy = experiments.largest_width_drop([1, 2], [0.5, 0.48], [0.02, 0.02])
+    noisy = metrics.largest_width_drop([1, 2], [0.5, 0.48], [0.02, 0.02])
     assert noisy["z"] == pytest.approx(0.02 / np.hypot(0.02, 0.02))
     with pytest.raises(ValueError, match="two widths"):
-        experiments.largest_width_drop([1], [0.1], [0.0])
-
-
-def test_table_text_markdown_and_csv_agree():
-    rows = [{"arch": "FCN", "acc": 0.91234, "reg": None}, {"arch": "CNN, GAP", "acc": 0.5}]
-    md, csv_text = experiments.table_text(rows, ["arch", "acc", "reg"], digits=2)
-    lines = md.splitlines()
-    assert lines[0] == "| arch | acc | reg |"
-    assert lines[2] == "| FCN | 0.91 |  |"
-    assert csv_text.splitlines() == ["arch,acc,reg", "FCN,0.91,", '"CNN, GAP",0.50,']
+        metrics.largest_width_drop([1], [0.1], [0.0])

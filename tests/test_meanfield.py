@@ -11,7 +11,7 @@ import pytest
 import scipy.integrate
 import scipy.stats
 
-from ntkrepro import kernels, meanfield, models, train
+from ntkrepro import kernels, meanfield, metrics, models, predict, train
 
 
 def _gauss2(fn, q, c, order=60):
@@ -126,13 +126,13 @@ def test_bad_activation_is_refused():
 def test_dispersion_known_values_and_bad_shape():
     base = np.array([[2.0, 1.0], [1.0, 2.0]])
     same = np.stack([base] * 5)
-    assert meanfield.dispersion(same)["cv_frobenius"] == pytest.approx(0.0)
+    assert metrics.dispersion(same)["cv_frobenius"] == pytest.approx(0.0)
     scaled = np.stack([base * 0.5, base * 1.5])  # mean = base, deviations ±0.5 base
-    d = meanfield.dispersion(scaled)
+    d = metrics.dispersion(scaled)
     assert d["cv_frobenius"] == pytest.approx(0.5)
     assert d["cv_diag"] == pytest.approx(np.std([1.0, 3.0], ddof=1) / 2.0)
     with pytest.raises(ValueError, match="S >= 2"):
-        meanfield.dispersion(base)
+        metrics.dispersion(base)
 
 
 def _net(width=32, depth=2, act="relu", w=2.0, b=0.1, out=1):
@@ -142,8 +142,8 @@ def _net(width=32, depth=2, act="relu", w=2.0, b=0.1, out=1):
 def test_vmapped_ntks_equal_per_network_ntks():
     init_fn, apply_fn, _ = _net()
     x = jax.random.normal(jax.random.PRNGKey(1), (5, 7))
-    params = meanfield.init_many(init_fn, jax.random.PRNGKey(2), 4, x.shape)
-    many = meanfield.ntk_many(apply_fn, params, x, chunk=3)
+    params = models.init_many(init_fn, jax.random.PRNGKey(2), 4, x.shape)
+    many = kernels.ntk_many(apply_fn, params, x, chunk=3)
     assert many.shape == (4, 5, 5)
     for s in (0, 3):
         one = jax.tree_util.tree_map(lambda a, s=s: a[s], params)
@@ -156,8 +156,8 @@ def test_vmapped_ntks_equal_per_network_ntks():
 def test_mean_ntk_over_inits_approaches_the_analytic_ntk():
     init_fn, apply_fn, kernel_fn = _net(width=256, depth=1, act="erf", w=1.5, b=0.1)
     x = jax.random.normal(jax.random.PRNGKey(3), (4, 6))
-    params = meanfield.init_many(init_fn, jax.random.PRNGKey(4), 64, x.shape)
-    mean = meanfield.ntk_many(apply_fn, params, x).mean(0)
+    params = models.init_many(init_fn, jax.random.PRNGKey(4), 64, x.shape)
+    mean = kernels.ntk_many(apply_fn, params, x).mean(0)
     exact = kernels.analytic(kernel_fn, x, get="ntk")
     assert np.linalg.norm(mean - exact) / np.linalg.norm(exact) < 0.03
 
@@ -167,16 +167,16 @@ def test_dispersion_shrinks_with_width():
     cvs = []
     for width in (16, 256):
         init_fn, apply_fn, _ = _net(width=width, depth=2)
-        params = meanfield.init_many(init_fn, jax.random.PRNGKey(6), 48, x.shape)
-        cvs.append(meanfield.dispersion(meanfield.ntk_many(apply_fn, params, x))["cv_frobenius"])
+        params = models.init_many(init_fn, jax.random.PRNGKey(6), 48, x.shape)
+        cvs.append(metrics.dispersion(kernels.ntk_many(apply_fn, params, x))["cv_frobenius"])
     assert cvs[1] < cvs[0] / 2  # theory: ∝ width^{-1/2}, i.e. a factor 4 here
 
 
 def test_top_eigenvalue_by_power_iteration_matches_the_full_ntk():
     init_fn, apply_fn, _ = _net(out=3)
     x = jax.random.normal(jax.random.PRNGKey(7), (6, 5))
-    params = meanfield.init_many(init_fn, jax.random.PRNGKey(8), 2, x.shape)
-    lam = meanfield.top_ntk_eigenvalue(apply_fn, params, x, iters=200)
+    params = models.init_many(init_fn, jax.random.PRNGKey(8), 2, x.shape)
+    lam = kernels.top_ntk_eigenvalue(apply_fn, params, x, iters=200)
     for s in range(2):
         one = jax.tree_util.tree_map(lambda a, s=s: a[s], params)
         full = kernels.empirical_ntk(apply_fn, one, x, trace_axes=())  # (n, n, k, k)
@@ -188,22 +188,22 @@ def test_train_many_matches_single_network_training():
     init_fn, apply_fn, _ = _net(out=2)
     x = jax.random.normal(jax.random.PRNGKey(9), (8, 5))
     y = jax.random.normal(jax.random.PRNGKey(10), (8, 2))
-    params = meanfield.init_many(init_fn, jax.random.PRNGKey(11), 3, x.shape)
+    params = models.init_many(init_fn, jax.random.PRNGKey(11), 3, x.shape)
     rates = np.array([0.1, 0.3, 0.5])
-    final, losses = meanfield.train_many(apply_fn, params, x, y, rates, steps=30, chunk_steps=7)
+    final, losses = train.train_many(apply_fn, params, x, y, rates, steps=30, chunk_steps=7)
     assert losses.shape == (3, 30)
     assert np.all(losses[:, -1] < losses[:, 0])
     one = jax.tree_util.tree_map(lambda a: a[1], params)
     ref = train.train(apply_fn, one, x, y, optimizer=optax.sgd(0.3), steps=30, progress=False)
     np.testing.assert_allclose(losses[1], ref.loss, rtol=1e-4)
-    out = meanfield.apply_many(apply_fn, final, x)
+    out = models.apply_many(apply_fn, final, x)
     np.testing.assert_allclose(out[1], np.asarray(apply_fn(ref.params, x)), rtol=1e-4, atol=1e-5)
 
 
 def test_relative_changes():
     k0 = np.stack([np.eye(3), 2 * np.eye(3)])
     kt = np.stack([1.5 * np.eye(3), 2 * np.eye(3)])
-    np.testing.assert_allclose(meanfield.relative_changes(kt, k0), [0.5, 0.0])
+    np.testing.assert_allclose(metrics.relative_change(kt, k0), [0.5, 0.0])
 
 
 def test_ensemble_prediction_matches_neural_tangents():
@@ -219,12 +219,12 @@ def test_ensemble_prediction_matches_neural_tangents():
             "st": kernels.analytic(kernel_fn, xs, xt, get=name),
             "ss": kernels.analytic(kernel_fn, xs, get=name),
         }
-    predict = nt.predict.gradient_descent_mse_ensemble(kernel_fn, xt, y)
+    nt_predict = nt.predict.gradient_descent_mse_ensemble(kernel_fn, xt, y)
     for t in (0.0, 5.0, 50.0):
-        mean, cov = meanfield.ensemble_prediction(blocks["nngp"], blocks["ntk"], np.asarray(y), t)
-        ref = predict(t, xs, get="ntk", compute_cov=True)
+        mean, cov = predict.ensemble_prediction(blocks["nngp"], blocks["ntk"], np.asarray(y), t)
+        ref = nt_predict(t, xs, get="ntk", compute_cov=True)
         np.testing.assert_allclose(mean, np.asarray(ref.mean), rtol=2e-3, atol=2e-4)
         np.testing.assert_allclose(cov, np.asarray(ref.covariance), rtol=2e-3, atol=2e-4)
-    mean0, cov0 = meanfield.ensemble_prediction(blocks["nngp"], blocks["ntk"], np.asarray(y), 0.0)
+    mean0, cov0 = predict.ensemble_prediction(blocks["nngp"], blocks["ntk"], np.asarray(y), 0.0)
     np.testing.assert_allclose(mean0, 0.0, atol=1e-12)
     np.testing.assert_allclose(cov0, blocks["nngp"]["ss"], rtol=1e-6)

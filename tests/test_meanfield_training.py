@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntkrepro import kernels, meanfield, models
+from ntkrepro import kernels, metrics, models, predict, train
 
 
 def _net(width=32, depth=2, act="erf", w=1.5, b=0.1, out=3):
@@ -17,8 +17,8 @@ def _net(width=32, depth=2, act="erf", w=1.5, b=0.1, out=3):
 def test_stable_rates_are_a_fraction_of_the_rate_from_the_full_ntk():
     init_fn, apply_fn, _ = _net()
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
-    params = meanfield.init_many(init_fn, jax.random.PRNGKey(1), 2, x.shape)
-    rates = meanfield.stable_rates(apply_fn, params, x, 3, fraction=0.5, iters=200)
+    params = models.init_many(init_fn, jax.random.PRNGKey(1), 2, x.shape)
+    rates = predict.stable_rates(apply_fn, params, x, 3, fraction=0.5, iters=200)
     for s in range(2):
         one = jax.tree_util.tree_map(lambda a, s=s: a[s], params)
         full = kernels.empirical_ntk(apply_fn, one, x, trace_axes=())  # (n, n, k, k)
@@ -26,41 +26,41 @@ def test_stable_rates_are_a_fraction_of_the_rate_from_the_full_ntk():
         assert rates[s] == pytest.approx(0.5 * 2 * 18 / lam, rel=1e-3)
     # the output-averaged NTK of this net is close to k-fold degenerate: the same rate
     ntk = kernels.empirical_ntk(apply_fn, jax.tree_util.tree_map(lambda a: a[0], params), x)
-    assert rates[0] == pytest.approx(0.5 * kernels.max_learning_rate(ntk, 3), rel=0.3)
+    assert rates[0] == pytest.approx(0.5 * predict.max_learning_rate(ntk, 3), rel=0.3)
 
 
 def test_stable_rates_train_and_twice_the_stable_rate_blows_up_first():
     init_fn, apply_fn, _ = _net(out=1, act="relu", w=2.0)
     x = jax.random.normal(jax.random.PRNGKey(2), (8, 5))
     y = jax.random.normal(jax.random.PRNGKey(3), (8, 1))
-    params = meanfield.init_many(init_fn, jax.random.PRNGKey(4), 3, x.shape)
-    rates = meanfield.stable_rates(apply_fn, params, x, 1, fraction=0.5, iters=100)
-    _, losses = meanfield.train_many(apply_fn, params, x, y, rates, steps=200)
+    params = models.init_many(init_fn, jax.random.PRNGKey(4), 3, x.shape)
+    rates = predict.stable_rates(apply_fn, params, x, 1, fraction=0.5, iters=100)
+    _, losses = train.train_many(apply_fn, params, x, y, rates, steps=200)
     assert np.all(losses[:, -1] < 0.5 * losses[:, 0])
     assert np.all(np.diff(losses[:, :20], axis=1) <= 1e-6 * losses[:, :1])
     # beyond the stable rate the top NTK mode grows at first (a wide enough net may later
     # recover by shrinking its kernel, the catapult of Lewkowycz et al. 2020)
-    _, losses = meanfield.train_many(apply_fn, params, x, y, 4 * rates, steps=20)
+    _, losses = train.train_many(apply_fn, params, x, y, 4 * rates, steps=20)
     assert np.all(~np.isfinite(losses.max(1)) | (losses.max(1) > 2 * losses[:, 0]))
 
 
 def test_stable_rates_refuse_a_fraction_outside_zero_one():
     init_fn, apply_fn, _ = _net()
     x = np.ones((2, 5), np.float32)
-    params = meanfield.init_many(init_fn, jax.random.PRNGKey(5), 1, x.shape)
+    params = models.init_many(init_fn, jax.random.PRNGKey(5), 1, x.shape)
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="fraction"):
-            meanfield.stable_rates(apply_fn, params, x, 3, fraction=bad)
+            predict.stable_rates(apply_fn, params, x, 3, fraction=bad)
 
 
 def test_loss_ratios_known_values():
     y = np.array([[1.0, -1.0], [0.5, -0.5]])  # mean(y²) = 0.625
     f = np.stack([np.zeros_like(y), y, y + 0.5, np.full_like(y, np.inf)])
-    r = meanfield.loss_ratios(f, y)
+    r = metrics.loss_ratios(f, y)
     np.testing.assert_allclose(r[:3], [1.0, 0.0, 0.25 / 0.625])
     assert not np.isfinite(r[3])
     with pytest.raises(ValueError, match="S, n, k"):
-        meanfield.loss_ratios(y, y)
+        metrics.loss_ratios(y, y)
 
 
 def test_accuracies_known_values_and_non_finite_outputs():
@@ -69,16 +69,16 @@ def test_accuracies_known_values_and_non_finite_outputs():
     half = np.eye(3)[[0, 1, 0, 0]]
     bad = good.copy()
     bad[0, 0] = np.nan
-    acc = meanfield.accuracies(np.stack([good, half, bad]), labels)
+    acc = metrics.accuracy(np.stack([good, half, bad]), labels)
     np.testing.assert_allclose(acc[:2], [1.0, 0.5])
     assert np.isnan(acc[2])
 
 
 def test_first_mismatch():
     depths = [1, 2, 4, 8]
-    assert meanfield.first_mismatch(depths, [1.0, 1.2, 0.9, 1.1], 1.5) is None
-    assert meanfield.first_mismatch(depths, [1.0, 1.2, 0.6, 2.0], 1.5) == 4
-    assert meanfield.first_mismatch(depths, [1.0, 3.0, 1.0, 1.0], 1.5) == 2
-    assert meanfield.first_mismatch(depths, [1.0, np.nan, 1.0, 1.0], 1.5) == 2
+    assert metrics.first_mismatch(depths, [1.0, 1.2, 0.9, 1.1], 1.5) is None
+    assert metrics.first_mismatch(depths, [1.0, 1.2, 0.6, 2.0], 1.5) == 4
+    assert metrics.first_mismatch(depths, [1.0, 3.0, 1.0, 1.0], 1.5) == 2
+    assert metrics.first_mismatch(depths, [1.0, np.nan, 1.0, 1.0], 1.5) == 2
     with pytest.raises(ValueError, match="factor"):
-        meanfield.first_mismatch(depths, [1.0] * 4, 1.0)
+        metrics.first_mismatch(depths, [1.0] * 4, 1.0)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntkrepro import models, nad, tangent
+from ntkrepro import models, nad, train
 
 
 def _small_mlp():
@@ -88,7 +88,7 @@ def test_nad_indices():
 def test_tangent_model_is_offset_free_first_order_model():
     apply_fn, params = _small_mlp()
     x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
-    f = tangent.tangent_model(apply_fn, params)
+    f = train.linearize(apply_fn, params, offset=False)
     np.testing.assert_allclose(f(params, x), 0.0, atol=1e-7)
     step = jax.tree_util.tree_map(lambda p: 1e-3 * jnp.ones_like(p), params)
     moved = jax.tree_util.tree_map(lambda p, s: p + s, params, step)

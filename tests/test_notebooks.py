@@ -15,7 +15,7 @@ import papermill
 import pytest
 
 from ntkrepro import config
-from ntkrepro.tooling import book, cli
+from ntkrepro.tooling import book, cli, launch
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = config.figures()
@@ -30,7 +30,12 @@ def test_there_are_figures_and_they_are_in_the_toc():
 def test_notebook_is_committed_clean(key):
     nb = nbformat.read(config.notebook_path(key), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "parameters" in code[0].metadata.get("tags", []), "first code cell: parameters"
+    # The first code cell installs ntkrepro on Colab (ntkrepro.tooling.launch; hidden in the
+    # book); the first one after it is the parameters cell.
+    after_colab = [c for c in code if not launch.is_colab_cell(c)]
+    assert "parameters" in after_colab[0].metadata.get("tags", []), (
+        "first code cell after the Colab cell: parameters"
+    )
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     for cell in code:
         assert not cell.outputs and cell.execution_count is None, f"{key} has outputs"
@@ -234,3 +239,79 @@ def test_ruff_lint_and_format_clean():
 def test_only_accepts_repeated_and_multiple_figures():
     args = cli.parser().parse_args(["run", "--only", "a/b", "--only", "c/d", "e/f"])
     assert args.only == ["a/b", "c/d", "e/f"]
+
+
+# ------------------------------------------------ the built smoke book (issue #20)
+
+
+@pytest.mark.slow
+def test_smoke_book_passes_linkchecker(smoke_book):
+    """LinkChecker (PyPI), offline: every file and anchor linked from the pages exists."""
+    try:
+        problems = htmlcheck.linkchecker_problems(smoke_book[1])
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    assert problems == [], "\n".join(problems[:40])
+
+
+@pytest.mark.slow
+def test_smoke_book_archive_is_self_contained(smoke_book, tmp_path):
+    """The archive of `make publish` unpacks to one folder with an index.html, and no page
+    loads a script or style sheet from an http(s) URL."""
+    import re
+    import tarfile
+
+    html = smoke_book[1]
+    path = book.archive(html, tmp_path / "dist", book.archive_name(ROOT))
+    assert path.name.startswith("ntkrepro-book-") and path.name.endswith(".tar.gz")
+    out = tmp_path / "unpacked"
+    with tarfile.open(path) as tar:
+        tar.extractall(out, filter="data")
+    (site,) = out.iterdir()
+    assert site.name == path.name.removesuffix(".tar.gz") and (site / "index.html").is_file()
+    assert book.remote_scripts(site) == [] and book.remote_stylesheets(site) == []
+    for page in book.book_pages(site):
+        text = page.read_text(encoding="utf-8", errors="replace")
+        remote = re.findall(r"<(?:script|link)\b[^>]*(?:src|href)=[\"'](?:https?:)?//[^\"']+", text)
+        remote = [r for r in remote if "<script" in r or "stylesheet" in r]
+        assert remote == [], f"{page.relative_to(site)}: {remote}"
+    assert book.check_links(site) == []
+    # MathJax and DataTables are in the archive itself.
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    assert (site / "_static" / "datatables" / "dataTables.min.js").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_book_figure_pages_link_their_numbers(smoke_results, smoke_book):
+    """Every figure page offers its numbers: download links that resolve to the bytes of
+    the result files; the status page's checks table is a sortable DataTable."""
+    import re
+
+    from ntkrepro.tooling import status as status_module
+
+    html = smoke_book[1]
+    for key in FIGURES:
+        page = html / "notebooks" / f"{key}.html"
+        text = page.read_text(encoding="utf-8")
+        links = re.findall(r'href="([^"]*_downloads/[^"]+)"', text)
+        names = {Path(link).name for link in links}
+        folder = smoke_results / "smoke" / key
+        wanted = {p.name for p in book.download_files(folder)}
+        assert "claim.json" in wanted and any(n.startswith("numbers.") for n in wanted), key
+        assert names == wanted, f"{key}: {names} != {wanted}"
+        for link in links:
+            target = (page.parent / link).resolve()
+            assert target.read_bytes() == (folder / target.name).read_bytes(), link
+        # The launch buttons open this notebook in the repository of pyproject.toml.
+        repo = launch.repository_url(ROOT).removeprefix("https://github.com/")
+        assert f"https://mybinder.org/v2/gh/{repo}/main?urlpath=tree/notebooks/{key}.ipynb" in text
+        colab = f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{key}.ipynb"
+        assert colab in text, key
+    status = (html / "book" / "status.html").read_text(encoding="utf-8")
+    assert f'class="{status_module.DATATABLE_CLASS}' in status
+    assert "_static/datatables/dataTables.min.js" in status
+    try:
+        dom = htmlcheck.rendered_dom(html / "book" / "status.html")
+    except RuntimeError as err:
+        pytest.skip(f"no headless Chromium to check the table sorts ({err})")
+    assert "dt-orderable-asc" in dom  # DataTables ran, offline, and made the headers sortable

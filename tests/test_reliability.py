@@ -23,7 +23,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from ntkrepro import config, kernels, memory, models, plotting, results
+from ntkrepro import config, kernels, memory, models, plotting, predict, results
 from ntkrepro.claims import compare
 from ntkrepro.tooling import cli
 
@@ -428,24 +428,24 @@ def _ill_conditioned(n: int = 60, condition: float = 1e9) -> np.ndarray:
 def test_float32_singular_solve_is_reported_not_raised() -> None:
     k = _ill_conditioned()
     y = np.ones((60, 2))
-    report32 = kernels.solve_report(k, np.float32)
+    report32 = predict.solve_report(k, np.float32)
     assert report32["singular"] and report32["condition_number"] > report32["critical_condition"]
-    assert not kernels.solve_report(k, np.float64)["singular"]
-    assert not kernels.solve_report(k, np.float32, diag_reg=1e-2)["singular"]
-    pred, report = kernels.kernel_regression_report(k, k[:5], y, dtype=np.float32)
+    assert not predict.solve_report(k, np.float64)["singular"]
+    assert not predict.solve_report(k, np.float32, diag_reg=1e-2)["singular"]
+    pred, report = predict.kernel_regression_report(k, k[:5], y, dtype=np.float32)
     assert pred.shape == (5, 2) and report["singular"] and report["dtype"] == "float32"
     json.dumps(report)  # recordable as is
-    good, ok = kernels.kernel_regression_report(k, k[:5], y, dtype=np.float64)
+    good, ok = predict.kernel_regression_report(k, k[:5], y, dtype=np.float64)
     assert not ok["singular"] and ok["finite"]
-    np.testing.assert_allclose(good, kernels.kernel_regression(k, k[:5], y), rtol=1e-8)
+    np.testing.assert_allclose(good, predict.kernel_regression(k, k[:5], y), rtol=1e-8)
 
 
 def test_float32_cholesky_failure_says_it_is_a_finding() -> None:
     k = _ill_conditioned(condition=1e12)
     k[0, 0] -= 1e-6  # no longer positive definite in float32
-    with pytest.raises(kernels.SingularKernelError, match="singular in float32.*finding"):
-        kernels.kernel_regression(k, k[:3], np.ones((60, 1)), dtype=np.float32)
-    pred, report = kernels.kernel_regression_report(k, k[:3], np.ones((60, 1)))
+    with pytest.raises(predict.SingularKernelError, match="singular in float32.*finding"):
+        predict.kernel_regression(k, k[:3], np.ones((60, 1)), dtype=np.float32)
+    pred, report = predict.kernel_regression_report(k, k[:3], np.ones((60, 1)))
     assert report["failed"] and report["singular"] and np.isnan(pred).all()
 
 

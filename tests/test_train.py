@@ -83,7 +83,7 @@ def test_minibatches_are_deterministic_given_the_key(setup):
 
 def test_trained_linearization_follows_its_empirical_ntk(setup):
     x, y, apply_fn, params = setup
-    f_lin = train.linearized(apply_fn, params)
+    f_lin = train.linearize(apply_fn, params)
     # The full kernel: at finite width outputs share hidden weights, so Θ has cross-output
     # blocks that the output-traced kernel drops.
     full = kernels.empirical_ntk(apply_fn, params, x, trace_axes=())  # (n, n, k, k)
@@ -130,3 +130,48 @@ def test_progress_bars_are_off_under_ntkrepro_run(monkeypatch):
     monkeypatch.setenv("NTKREPRO_PROGRESS", "1")
     assert progress.enabled() and not progress.tqdm(range(3)).disable
     assert progress.tqdm(range(3), disable=True).disable
+
+
+def _same(a, b) -> bool:
+    """Bit-for-bit equality of two pytrees of arrays."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return all(np.array_equal(u, v) for u, v in pairs)
+
+
+def test_linearize_is_nt_linearize_operation_for_operation(setup):
+    import neural_tangents as nt
+
+    x, y, apply_fn, params = setup
+    kw = dict(optimizer=optax.sgd(0.5), steps=12, chunk_size=5, progress=False)
+    ours = train.train(train.linearize(apply_fn, params), params, x, y, **kw)
+    theirs = train.train(nt.linearize(apply_fn, params), params, x, y, **kw)
+    assert _same(ours.params, theirs.params) and np.array_equal(ours.loss, theirs.loss)
+    tangent = train.linearize(apply_fn, params, offset=False)
+    np.testing.assert_array_equal(tangent(params, x), 0.0)  # the zero function at the anchor
+
+
+def test_unvectorized_ensemble_members_are_single_runs(setup):
+    x, y, _, _ = setup
+    init_fn, apply_fn, _ = models.fcn(16, 1, 2)
+    keys = [jax.random.PRNGKey(i) for i in range(2)]
+    kw = dict(lr=0.3, steps=9, weight_decay=1e-3, chunk_size=4, vectorize=False)
+    ens = train.train_ensemble(init_fn, apply_fn, keys, x, y, x[:5], **kw)
+    opt = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.3))
+    kw = dict(optimizer=opt, steps=9, chunk_size=4, progress=False)
+    runs = [train.train(apply_fn, init_fn(key, x.shape)[1], x, y, **kw) for key in keys]
+    vmapped = jax.jit(jax.vmap(apply_fn, in_axes=(0, None)))
+    f = np.asarray(vmapped(train._stack([r.params for r in runs]), x[:5]))
+    np.testing.assert_array_equal(ens.f_test, f)
+    np.testing.assert_array_equal(ens.loss, np.mean([r.loss for r in runs], axis=0))
+
+
+def test_train_many_broadcasts_one_rate_and_never_stops(setup):
+    x, y, _, _ = setup
+    init_fn, apply_fn, _ = models.fcn(16, 1, 2)
+    params = models.init_many(init_fn, jax.random.PRNGKey(3), 3, x.shape)
+    one = train.train_many(apply_fn, params, x, y, 0.2, steps=15, chunk_steps=4)
+    vec = train.train_many(apply_fn, params, x, y, np.full(3, 0.2), steps=15, chunk_steps=4)
+    assert _same(one, vec) and one[1].shape == (3, 15) and one[1].dtype == np.float64
+    _, losses = train.train_many(apply_fn, params, x, y, [0.2, 0.2, 1e3], steps=15)
+    assert np.all(np.isfinite(losses[:2])) and not np.all(np.isfinite(losses[2]))
+    assert train.train_many(apply_fn, params, x, y, 0.2, steps=0)[1].shape == (3, 0)

@@ -1,15 +1,18 @@
 """The ``ntkrepro`` command: run figure notebooks under a profile and build the book.
 
-    ntkrepro list [--profile P]
-    ntkrepro run [--profile P] [--only PAPER/FIGURE ...] [-p NAME=VALUE ...] [--force]
+    ntkrepro list [--profile P] [--only PAPER[/FIGURE] ...]
+    ntkrepro run [--profile P] [--only PAPER[/FIGURE] ...] [-p NAME=VALUE ...] [--force]
     ntkrepro book [--profile P] [--allow-stale]
+    ntkrepro publish [--profile P] [--dest DIR]
 
 ``run`` executes each notebook with papermill (as ``papermill nb.ipynb out.ipynb -p profile
 P`` would), writes the executed notebook beside the figure's results (its checksum into
 ``claim.json``) and skips figures whose results are current: same parameters, same code
 (notebook and the ntkrepro modules it imported), intact files. Stale, missing and corrupt
-results are recomputed; ``--force`` recomputes current ones too. Also ``python -m
-ntkrepro.tooling.cli``.
+results are recomputed; ``--force`` recomputes current ones too. ``--only`` takes figures
+(``lee2020/width``) and whole papers (``lee2020``: its chapter); an unknown name is refused
+before anything runs, with the known ones listed. ``publish`` packs the built book into
+``_build/ntkrepro-book-<commit>.tar.gz``. Also ``python -m ntkrepro.tooling.cli``.
 """
 
 from __future__ import annotations
@@ -118,16 +121,29 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
 
 
 def _select(only: Sequence[str] | None) -> list[str]:
+    """The figures that ``--only`` names, in the order of :func:`ntkrepro.config.figures`:
+    each name is a figure ``PAPER/FIGURE`` or a paper ``PAPER`` (all its figures); all
+    figures without ``--only``.
+
+    Raises:
+        ParameterError: naming the unknown names and listing the known papers and figures.
+    """
     known = config.figures()
-    if unknown := [k for k in only or () if k not in known]:
+    if not only:
+        return known
+    papers = sorted({k.split("/")[0] for k in known})
+    names = [name.strip().strip("/") for name in only]
+    if unknown := [n for n in names if n not in known and n not in papers]:
         raise config.ParameterError(
-            f"unknown figure(s) {', '.join(unknown)}; `ntkrepro list` shows: {', '.join(known)}"
+            f"unknown figure(s) or paper(s) {', '.join(unknown)}; papers: {', '.join(papers)}; "
+            f"figures (`ntkrepro list` shows them): {', '.join(known)}"
         )
-    return list(only or known)
+    chosen = {k for k in known for n in names if k == n or k.split("/")[0] == n}
+    return [k for k in known if k in chosen]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for key in config.figures():
+    for key in _select(args.only):
         state, reason = result_state(key, args.profile)
         note = ""
         if state in ("current", "stale"):
@@ -191,6 +207,22 @@ def cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from ntkrepro.tooling import book
+
+    root = config.repo_root()
+    dest = Path(args.dest) if args.dest else root / "_build"
+    try:
+        path = book.archive(book.html_dir(args.profile, root), dest, book.archive_name(root))
+    except book.BuildError as err:
+        print(
+            f"ntkrepro publish: {err} (`ntkrepro book --profile {args.profile}`)", file=sys.stderr
+        )
+        return 1
+    print(f"archive: {path} (unpack it and open index.html of its folder)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ntkrepro", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -198,11 +230,18 @@ def parser() -> argparse.ArgumentParser:
         ("list", "list figures and the state of their results"),
         ("run", "execute figure notebooks with papermill"),
         ("book", "build the HTML book from the results of a profile"),
+        ("publish", "pack the built book of a profile into one .tar.gz"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--profile", default="cpu", choices=config.PROFILES)
+        if name in ("run", "list"):
+            help_ = "figures (PAPER/FIGURE) or whole papers (PAPER) only"
+            p.add_argument(
+                "--only", nargs="+", action="extend", metavar="PAPER[/FIGURE]", help=help_
+            )
+        if name == "publish":
+            p.add_argument("--dest", help="folder of the archive (default: _build)")
         if name == "run":
-            p.add_argument("--only", nargs="+", action="extend", metavar="PAPER/FIGURE")
             p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
             p.add_argument("--force", action="store_true", help="recompute current results")
         if name == "book":
@@ -213,7 +252,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    command = {"list": cmd_list, "run": cmd_run, "book": cmd_book}[args.command]
+    commands = {"list": cmd_list, "run": cmd_run, "book": cmd_book, "publish": cmd_publish}
+    command = commands[args.command]
     try:
         return command(args)
     except config.ParameterError as err:

@@ -1,0 +1,646 @@
+"""Stage, build and check the ntkrepro Jupyter Book of one profile (``ntkrepro book``).
+
+The book is never built from the repository itself. :func:`stage` assembles a folder that
+mirrors the repository layout::
+
+    _build/<profile>/src/
+      _config.yml                       the top-level _config.yml, with the repository URL
+                                        of pyproject.toml (ntkrepro.tooling.launch)
+      book/                             copy of book/, plus the generated status.md
+      notebooks/<paper>/<figure>.ipynb  executed notebook from results/<profile>/<paper>/<figure>/,
+                                        with download links to its numbers
+      notebooks/<paper>/_data/<figure>/ the figure's numbers (numbers.json, .npz, .csv, ...)
+      _vendor/mathjax/                  MathJax 3 from npm (served as html/_static/mathjax/)
+      _vendor/datatables/               DataTables from npm (sortable status table)
+
+and :func:`build` runs ``jupyter-book build`` on it (:func:`build_command`; ``-W``:
+warnings are errors) into ``_build/<profile>/_build/html`` (:func:`html_dir`), then checks
+the internal links and that no script or style sheet is loaded from the network
+(:func:`check_links`, :func:`remote_scripts`, :func:`remote_stylesheets`). Those checks are
+in-house, not LinkChecker's (the tests run LinkChecker on a built book as well): they need
+no tool outside the book extra, check every page rather than those reachable from the
+index, and also refuse root-relative links and links that leave the book, which
+LinkChecker follows without complaint. :func:`archive` packs a built book into one
+``.tar.gz`` (``ntkrepro publish``). Staging refuses a figure
+whose results are missing, malformed (``claim.schema.json``), corrupt (checksums) or stale
+(:func:`ntkrepro.results.result_state`, the test ``ntkrepro run`` uses), naming the page and
+the command that redoes it. No notebook is executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+from ntkrepro import config
+from ntkrepro.claims import schema_problems
+from ntkrepro.results import result_state
+from ntkrepro.tooling.status import STALE_KEY, THUMBNAIL_KEY, render_status, rerun_command
+
+#: TOC pages that :func:`stage` writes itself rather than copies from book/.
+GENERATED_PAGES = ("book/status",)
+#: Where each figure's figure.png goes, as ``<paper>-<figure>.png``, relative to book/.
+FIGURES_DIR = "figures"
+MATHJAX_NPM_SPEC = "mathjax@3"
+#: DataTables 2 with its default styling (it pulls datatables.net); its jQuery plugin is
+#: what sphinx-datatables calls. jQuery itself comes from sphinxcontrib-jquery (PyPI).
+DATATABLES_NPM_SPEC = "datatables.net-dt@2.3.5"
+#: The DataTables files that the book serves (npm package, path) -> name in _vendor/datatables.
+_DATATABLES_FILES = {
+    ("datatables.net", "js/dataTables.min.js"): "dataTables.min.js",
+    ("datatables.net-dt", "css/dataTables.dataTables.min.css"): "dataTables.dataTables.min.css",
+}
+#: Style of the sortable tables (``html_css_files`` in _config.yml), written by staging.
+TABLES_CSS = (
+    "/* ntkrepro: the status page's sortable checks table, compact enough for the text width */\n"
+    "table.sphinx-datatable { font-size: 0.85rem; }\n"
+    "table.sphinx-datatable th, table.sphinx-datatable td { padding: 0.3rem 0.4rem !important; }\n"
+    "table.sphinx-datatable th { padding-right: 1.4rem !important; }\n"
+)
+#: Result files offered for download beside each figure (besides claim.json).
+DOWNLOAD_SUFFIXES = (".json", ".npz", ".csv", ".pdf")
+#: Folder (beside the staged notebooks of a paper) of each figure's downloadable numbers.
+DATA_DIR = "_data"
+#: Where MathJax goes in the staging folder (``html_static_path`` in _config.yml). Not
+#: ``_static``: Jupyter Book would add every ``*.js`` below it as a <script> on every page.
+VENDOR_DIR = "_vendor"
+#: The parts of MathJax's es5/ folder that tex-chtml.js loads.
+_MATHJAX_PARTS = ("tex-chtml.js", "input", "output/chtml", "ui", "a11y", "sre", "adaptors")
+_PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class StagingError(RuntimeError):
+    """The book cannot be staged: a page's results are missing or malformed."""
+
+
+class BuildError(RuntimeError):
+    """jupyter-book failed, or the built HTML has broken links or remote scripts."""
+
+
+def staging_dir(profile: str, root: Path) -> Path:
+    return Path(root) / "_build" / profile / "src"
+
+
+def html_dir(profile: str, root: Path) -> Path:
+    return Path(root) / "_build" / profile / "_build" / "html"
+
+
+def build_command(profile: str, root: Path) -> list[str]:
+    """The jupyter-book command line that :func:`build` runs (absolute paths)."""
+    root = Path(root).resolve()
+    src = staging_dir(profile, root)
+    return [
+        *[_jupyter_book_exe(), "build", str(src), "--toc", str(src / "book" / "_toc.yml")],
+        *["--config", str(src / "_config.yml"), "--path-output", str(root / "_build" / profile)],
+        *["-W", "--keep-going"],
+    ]
+
+
+# ---------------------------------------------------------------------------- TOC
+
+
+def _toc_entries(node: Any) -> Iterator[str]:
+    """Every ``root``/``file`` entry of a parsed _toc.yml, in reading order."""
+    node = dict(enumerate(node)) if isinstance(node, list) else node
+    for key, value in node.items() if isinstance(node, dict) else ():
+        if key in ("root", "file") and isinstance(value, str):
+            yield value
+        else:
+            yield from _toc_entries(value)
+
+
+def toc_pages(toc_path: Path) -> list[str]:
+    """All pages of a jb-book ``_toc.yml``, without suffix, in reading order."""
+    entries = _toc_entries(yaml.safe_load(Path(toc_path).read_text(encoding="utf-8")))
+    return list(dict.fromkeys(re.sub(r"\.(md|ipynb|rst)$", "", p).strip("/") for p in entries))
+
+
+def figures_in_toc(toc_path: Path) -> list[str]:
+    """The "paper/figure" keys of the TOC's ``notebooks/<paper>/<figure>`` pages, in order;
+    any other entry under ``notebooks/`` is an error (it maps to no results)."""
+    keys = []
+    for page in toc_pages(toc_path):
+        parts = page.split("/")
+        if parts[0] == "notebooks":
+            if len(parts) != 3 or not all(parts):
+                raise ValueError(
+                    f"{toc_path}: TOC entry {page!r} is not notebooks/<paper>/<figure>"
+                )
+            keys.append(f"{parts[1]}/{parts[2]}")
+    return keys
+
+
+# ---------------------------------------------------------------------------- staging
+
+
+def load_claim(path: Path) -> dict:
+    """Read one ``claim.json`` and check it against ``claim.schema.json``.
+
+    Raises:
+        ValueError: naming ``path`` and every problem (missing file, invalid JSON, schema).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read: {err}") from err
+    if problems := schema_problems(data):
+        raise ValueError(f"{path}: malformed claim.json: " + "; ".join(problems))
+    return data
+
+
+def _notebook_problems(path: Path) -> list[str]:
+    """Why an executed notebook must not go into the book (empty if it may)."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return [f"{path} is not a readable notebook: {err}"]
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        return [f"{path} is not a notebook (no 'cells' list)"]
+    if nb.get("metadata", {}).get("papermill", {}).get("exception"):
+        return [f"{path}: papermill recorded an exception: the run failed"]
+    for i, cell in enumerate(nb["cells"]):
+        tags = cell.get("metadata", {}).get("tags", []) if isinstance(cell, dict) else None
+        if tags is None or "raises-exception" in tags:
+            continue  # a cell tagged raises-exception shows its error on purpose (myst-nb)
+        for output in cell.get("outputs", []):
+            if isinstance(output, dict) and output.get("output_type") == "error":
+                return [f"{path}: cell {i} has an error output ({output.get('ename', '?')})"]
+    return []
+
+
+def _figure_problems(
+    profile: str, root: Path, key: str, results: Path, allow_stale: bool
+) -> tuple[list[str], dict | None]:
+    """Problems with the results of one figure page, and its claim if there are none: the
+    notebook ran cleanly, the claim is valid and of this figure and profile, the files
+    match their checksums and the parameters and code are current (or stale, with
+    ``allow_stale``: the claim is marked)."""
+    page, folder, (paper, figure) = f"notebooks/{key}", results / profile / key, key.split("/")
+    notebook = folder / f"{figure}.ipynb"
+    problems = [] if notebook.is_file() else [f"no executed notebook {notebook}"]
+    problems += _notebook_problems(notebook) if notebook.is_file() else []
+    try:
+        claim = load_claim(folder / "claim.json")
+    except ValueError as err:
+        claim, problems = None, [*problems, str(err)]
+    for field, want in {"paper": paper, "figure": figure, "profile": profile}.items():
+        if claim is not None and claim[field] != want:  # copied from elsewhere: wrong numbers
+            problems.append(
+                f"{folder / 'claim.json'}: {field} is {claim[field]!r}, expected {want!r}"
+            )
+    if not problems:
+        state, reason = result_state(key, profile, root=root, results=results)
+        if state == "stale" and allow_stale:
+            claim[STALE_KEY] = reason
+        elif state != "current":
+            problems.append(f"results are {state}: {reason}")
+    return [f"page {page}: {p}" for p in problems], (None if problems else claim)
+
+
+def collect_claims(
+    profile: str, root: Path, *, results: Path | None = None, allow_stale: bool = False
+) -> list[dict]:
+    """Validated claims of every figure page in book/_toc.yml, in TOC order.
+
+    ``results``: the results folder (default ``<root>/results``); ``allow_stale`` lets
+    stale results through, marked for the status page.
+
+    Raises:
+        StagingError: listing each page whose results are missing, malformed, corrupt or
+            stale (and each TOC page without a source), with the commands that redo them.
+    """
+    if not _PROFILE_RE.match(profile):  # it could escape _build/ or results/
+        raise ValueError(f"invalid profile name {profile!r} (letters, digits, - and _ only)")
+    root, toc = Path(root), Path(root) / "book" / "_toc.yml"
+    results = Path(results or root / "results")
+    problems, claims, commands = [], [], []
+    for key in figures_in_toc(toc):
+        found, claim = _figure_problems(profile, root, key, results, allow_stale)
+        problems += found
+        commands += [rerun_command(profile, key)] if found else []
+        claims += [] if found else [claim]
+    for page in toc_pages(toc):
+        sources = [root / f"{page}{suffix}" for suffix in (".md", ".ipynb", ".rst")]
+        if not page.startswith("notebooks/") and page not in GENERATED_PAGES:
+            if not any(s.is_file() for s in sources):
+                problems.append(f"page {page} is listed in {toc} but {sources[0]} does not exist")
+    if problems:
+        fix = "".join(f"\n  {c}" for c in commands)
+        raise StagingError(
+            f"cannot stage the {profile!r} book:\n"
+            + "\n".join(f"- {p}" for p in problems)
+            + (f"\nRedo those results with:{fix}" if fix else "")
+            + "\n(ntkrepro run recomputes stale, missing and corrupt results; "
+            "`ntkrepro book --allow-stale` builds with stale ones, flagged.)"
+        )
+    return claims
+
+
+def _npm_install(prefix: Path, spec: str, marker: Path, what: str) -> None:
+    """``npm install spec`` into ``prefix`` unless ``marker`` exists.
+
+    Raises:
+        RuntimeError: if npm is unavailable or fails, or ``marker`` is still missing.
+    """
+    if marker.is_file():
+        return
+    if (npm := shutil.which("npm")) is None:
+        raise RuntimeError(
+            f"{what} is not installed ({marker} is missing) and npm is not "
+            "available to install it. Install Node.js with npm (e.g. `apt-get install npm`), "
+            f"or run `npm install --no-save --prefix {prefix} {spec}` elsewhere "
+            f"and copy {prefix} here."
+        )
+    cmd = [npm, *"install --no-save --no-audit --no-fund --prefix".split(), str(prefix), spec]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not marker.is_file():
+        raise RuntimeError(
+            f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n"
+            + (proc.stderr or proc.stdout)[-2000:]
+        )
+
+
+def ensure_mathjax(root: Path) -> Path:
+    """MathJax's es5/ folder under ``_build/npm``, installed from npm if missing.
+
+    Raises:
+        RuntimeError: if MathJax is missing and npm is unavailable or fails.
+    """
+    prefix = Path(root) / "_build" / "npm"
+    es5 = prefix / "node_modules" / "mathjax" / "es5"
+    _npm_install(prefix, MATHJAX_NPM_SPEC, es5 / "tex-chtml.js", "MathJax")
+    return es5
+
+
+def ensure_datatables(root: Path) -> Path:
+    """The ``node_modules`` folder of DataTables under ``_build/npm/datatables``, installed
+    from npm if missing. (A prefix of its own: ``npm install --no-save`` in MathJax's
+    prefix would remove MathJax, which no package.json lists.)
+
+    Raises:
+        RuntimeError: if DataTables is missing and npm is unavailable or fails.
+    """
+    prefix = Path(root) / "_build" / "npm" / "datatables"
+    modules = prefix / "node_modules"
+    for (package, path), _name in _DATATABLES_FILES.items():
+        _npm_install(prefix, DATATABLES_NPM_SPEC, modules / package / path, "DataTables")
+    return modules
+
+
+def repository_config(text: str, url: str) -> str:
+    """``_config.yml`` text with ``repository.url`` set to ``url`` (comments and layout
+    kept; a ``repository:`` block is appended if there is none)."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if re.match(r"^repository:\s*$", ln)), None)
+    if start is None:
+        return text.rstrip("\n") + f"\n\nrepository:\n  url: {url}\n"
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\S", lines[i])), len(lines))
+    for i in range(start + 1, end):
+        if m := re.match(r"^(\s+url:[ \t]*)(\S*)(.*)$", lines[i], flags=re.DOTALL):
+            lines[i] = f"{m.group(1)}{url}{m.group(3)}"
+            return "".join(lines)
+    lines.insert(start + 1, f"  url: {url}\n")
+    return "".join(lines)
+
+
+def _repository_url(root: Path) -> str | None:
+    """The repository URL of ``root``'s pyproject.toml, else of the checkout ntkrepro runs
+    from (a test's temporary root has none), else None."""
+    from ntkrepro.tooling import launch
+
+    for folder in dict.fromkeys([Path(root), config.repo_root()]):
+        if (folder / "pyproject.toml").is_file():
+            return launch.repository_url(folder)
+    return None
+
+
+def download_files(folder: Path) -> list[Path]:
+    """The files of a figure's results that its page offers for download: its numbers,
+    tables and PDF (:data:`DOWNLOAD_SUFFIXES`) and ``claim.json``, sorted by name."""
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and (p.suffix in DOWNLOAD_SUFFIXES or p.name == "claim.json")
+    )
+
+
+def _downloads_cell(figure: str, names: list[str], profile: str) -> dict:
+    """A markdown cell of download links (``{download}`` role: Sphinx copies each file into
+    html/_downloads/ and checks that it exists)."""
+    links = ", ".join(f"{{download}}`{n} <{DATA_DIR}/{figure}/{n}>`" for n in names)
+    return {
+        "cell_type": "markdown",
+        "id": "ntkrepro-downloads",
+        "metadata": {"tags": ["ntkrepro-downloads"]},
+        "source": f"**Numbers of this figure** (profile `{profile}`): {links}.",
+    }
+
+
+def _shows_image(cell: dict) -> bool:
+    return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+def _stage_notebook(source: Path, dest: Path, downloads: dict | None = None) -> None:
+    """Copy an executed notebook, with papermill's injected-parameters cell tagged
+    ``remove-cell`` (myst-nb leaves it out): the page shows the method, not the run's
+    machinery (the parameters are on the status page). ``downloads``: a markdown cell
+    (:func:`_downloads_cell`) put after the last cell that shows an image (the figure),
+    else at the end."""
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    if downloads is not None:
+        shown = [i for i, c in enumerate(nb["cells"]) if _shows_image(c)]
+        nb["cells"].insert(shown[-1] + 1 if shown else len(nb["cells"]), downloads)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def stage(
+    profile: str, root: Path, *, results: Path | None = None, allow_stale: bool = False
+) -> Path:
+    """Assemble the book sources of ``profile`` under ``_build/<profile>/src``, from scratch
+    (no page of an earlier staging survives), and return that folder.
+
+    Copies ``_config.yml``, ``book/`` and each figure's executed notebook (see
+    :func:`_stage_notebook`), adds an offline MathJax and writes ``book/status.md`` (with
+    each figure.png copied to ``book/figures/``) and ``book/_generated/benchmarks.md``.
+    ``results`` and ``allow_stale``: see :func:`collect_claims`, which raises
+    :class:`StagingError`.
+    """
+    root = Path(root).resolve()
+    results = Path(results or root / "results")
+    claims = collect_claims(profile, root, results=results, allow_stale=allow_stale)
+    es5 = ensure_mathjax(root)
+    datatables = ensure_datatables(root)
+    src = staging_dir(profile, root)
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    config_text = (root / "_config.yml").read_text(encoding="utf-8")
+    if url := _repository_url(root):
+        config_text = repository_config(config_text, url)
+    (src / "_config.yml").write_text(config_text, encoding="utf-8")
+    ignore = shutil.ignore_patterns("_generated", "__pycache__", ".ipynb_checkpoints")
+    shutil.copytree(root / "book", src / "book", ignore=ignore)
+    for claim in claims:
+        paper, figure = claim["paper"], claim["figure"]
+        folder = results / profile / paper / figure
+        data = src / "notebooks" / paper / DATA_DIR / figure
+        data.mkdir(parents=True)
+        names = []
+        for path in download_files(folder):  # verified by their checksums (claim.json too)
+            shutil.copy2(path, data / path.name)
+            names.append(path.name)
+        _stage_notebook(
+            folder / f"{figure}.ipynb",
+            src / "notebooks" / paper / f"{figure}.ipynb",
+            _downloads_cell(figure, names, profile),
+        )
+        if (folder / "figure.png").is_file():  # verified by its checksum
+            # Flat, paper-figure.png: Sphinx keeps the base name in _images/, so it is unique.
+            claim[THUMBNAIL_KEY] = f"{FIGURES_DIR}/{paper}-{figure}.png"
+            (src / "book" / FIGURES_DIR).mkdir(exist_ok=True)
+            shutil.copy2(folder / "figure.png", src / "book" / claim[THUMBNAIL_KEY])
+    mathjax = src / VENDOR_DIR / "mathjax"
+    for part in _MATHJAX_PARTS:
+        if (es5 / part).is_dir():
+            shutil.copytree(es5 / part, mathjax / part)
+        elif (es5 / part).is_file():
+            (mathjax / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(es5 / part, mathjax / part)
+    vendor_dt = src / VENDOR_DIR / "datatables"
+    vendor_dt.mkdir(parents=True)
+    (vendor_dt / "ntkrepro-tables.css").write_text(TABLES_CSS, encoding="utf-8")
+    for (package, path), name in _DATATABLES_FILES.items():
+        shutil.copy2(datatables / package / path, vendor_dt / name)
+    (src / "book" / "status.md").write_text(render_status(claims, profile), encoding="utf-8")
+    (src / "book" / "_generated").mkdir()
+    summary = results / "bench" / "summary.md"  # written by `make bench`
+    (src / "book" / "_generated" / "benchmarks.md").write_text(
+        summary.read_text(encoding="utf-8")
+        if summary.is_file()
+        else "No benchmark results were found when this book was built: run `make bench`, "
+        "then `ntkrepro book` again.\n",
+        encoding="utf-8",
+    )
+    return src
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def _jupyter_book_exe() -> str:
+    """The jupyter-book executable of this environment (next to python), else on PATH."""
+    beside = Path(sys.executable).with_name("jupyter-book")
+    if found := str(beside) if beside.is_file() else shutil.which("jupyter-book"):
+        return found
+    raise BuildError("jupyter-book is not installed: pip install -e '.[book]'")
+
+
+def build(
+    profile: str, root: Path, *, results: Path | None = None, allow_stale: bool = False
+) -> Path:
+    """Stage (:func:`stage`) and build the book of ``profile``; return the HTML folder.
+
+    The output folder is wiped first: an incremental Sphinx build would not repeat the
+    warnings of unchanged pages, so ``-W`` could pass on a stale error. The full log goes
+    to ``_build/<profile>/build.log``.
+
+    Raises:
+        StagingError: see :func:`collect_claims`.
+        BuildError: if jupyter-book reports a warning or error, or the HTML has broken
+            internal links or loads a script from the network.
+    """
+    root = Path(root).resolve()
+    stage(profile, root, results=results, allow_stale=allow_stale)
+    out, html = root / "_build" / profile, html_dir(profile, root)
+    shutil.rmtree(out / "_build", ignore_errors=True)
+    cmd = build_command(profile, root)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    log = re.sub(r"\x1b\[[0-9;]*m", "", f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    (out / "build.log").write_text(log, encoding="utf-8")
+    if proc.returncode != 0 or not (html / "index.html").is_file():
+        warnings = [ln for ln in log.splitlines() if re.search(r"WARNING|ERROR|CRITICAL|Error", ln)]
+        raise BuildError(
+            f"jupyter-book build failed (exit {proc.returncode}; warnings are errors). "
+            f"Full log: {out / 'build.log'}\n" + "\n".join(warnings[:40]) + "\n"
+            f"Files under {staging_dir(profile, root)} are copies: fix book/... and "
+            f"_config.yml in {root}, and notebooks/<paper>/<figure>.ipynb by rerunning "
+            f"`{rerun_command(profile, '<paper>/<figure>')}`."
+        )
+    problems = [f"broken link: {b}" for b in check_links(html)]
+    problems += [f"remote script: {r}" for r in remote_scripts(html)]
+    problems += [f"remote style sheet: {r}" for r in remote_stylesheets(html)]
+    if problems:
+        raise BuildError(f"the built book {html} is not self-contained:\n" + "\n".join(problems))
+    return html
+
+
+# ---------------------------------------------------------------------------- HTML checks
+
+
+class _PageScan(HTMLParser):
+    """The anchors (id, a[name]) and the href/src links of one HTML page."""
+
+    def __init__(self, page: Path) -> None:
+        super().__init__(convert_charrefs=True)
+        self.ids: set[str] = set()
+        self.links: list[tuple[str, str, str]] = []  # (tag, attribute, url)
+        self.stylesheets: list[str] = []  # href of <link rel="stylesheet">
+        self.feed(page.read_text(encoding="utf-8", errors="replace"))
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value is not None and (name == "id" or (name == "name" and tag == "a")):
+                self.ids.add(value)
+            elif value is not None and name in ("href", "src"):
+                self.links.append((tag, name, value.strip()))
+        rel = (dict(attrs).get("rel") or "").lower().split()
+        if tag == "link" and "stylesheet" in rel and dict(attrs).get("href"):
+            self.stylesheets.append(str(dict(attrs)["href"]).strip())
+
+    handle_startendtag = handle_starttag
+
+
+def _is_external(url: str) -> bool:
+    """Whether ``url`` leaves the book (has a scheme such as http: or mailto:, or is //host)."""
+    return bool(urlsplit(url).scheme) or url.startswith("//")
+
+
+def book_pages(html: Path) -> list[Path]:
+    """The HTML pages of a built book: all *.html but the theme's fragments in _static/."""
+    return [
+        p for p in sorted(Path(html).rglob("*.html")) if "_static" not in p.relative_to(html).parts
+    ]
+
+
+def check_links(html: Path) -> list[str]:
+    """Broken internal links of a built HTML folder, as "page: <tag attr=url>: why".
+
+    Every relative ``href``/``src`` must name a file inside ``html`` (a folder counts if it
+    has an index.html) and its ``#anchor``, on an HTML page, an ``id`` or ``<a name>`` of
+    that page. Links with a scheme (http:, mailto:, data:) are not followed; root-relative
+    links (``/x``) are broken: they break when the book is not served from a domain's root.
+    """
+    html = Path(html).resolve()
+    scans: dict[Path, _PageScan] = {}
+    broken = []
+    for page in book_pages(html):
+        scan = scans.setdefault(page, _PageScan(page))
+        for tag, attr, url in scan.links:
+            if not url or _is_external(url):
+                continue
+            parts = urlsplit(url)
+            path, fragment = unquote(parts.path), unquote(parts.fragment)
+            target = Path(os.path.normpath(page.parent / path)) if path else page
+            target = target / "index.html" if target.is_dir() else target
+            if path.startswith("/"):
+                why = "root-relative link"
+            elif not target.is_relative_to(html):
+                why = f"points outside {html}"
+            elif not target.is_file():
+                why = f"{target.relative_to(html).as_posix()} does not exist"
+            elif fragment and target.suffix == ".html":
+                ids = scans.setdefault(target, _PageScan(target)).ids
+                why = None if fragment in ids else f"no anchor #{fragment} in {target.name}"
+            else:
+                why = None
+            if why:
+                broken.append(f"{page.relative_to(html).as_posix()}: <{tag} {attr}={url!r}>: {why}")
+    return broken
+
+
+def remote_scripts(html: Path) -> list[str]:
+    """``<script src>`` that load from the network (http(s): or //host), as "page: url"."""
+    return [
+        f"{page.relative_to(html).as_posix()}: {url}"
+        for page in book_pages(Path(html))
+        for tag, attr, url in _PageScan(page).links
+        if tag == "script" and attr == "src" and _is_external(url)
+    ]
+
+
+def remote_stylesheets(html: Path) -> list[str]:
+    """``<link rel="stylesheet" href>`` that load from the network, as "page: url"."""
+    return [
+        f"{page.relative_to(html).as_posix()}: {url}"
+        for page in book_pages(Path(html))
+        for url in _PageScan(page).stylesheets
+        if _is_external(url)
+    ]
+
+
+# ---------------------------------------------------------------------------- archive
+
+
+def archive_name(root: Path) -> str:
+    """``ntkrepro-book-<short commit>`` (``-dirty`` with uncommitted changes; ``nogit``
+    outside a git checkout)."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
+        )
+
+    try:
+        sha = git("rev-parse", "--short=12", "HEAD")
+    except OSError:
+        return "ntkrepro-book-nogit"
+    if sha.returncode != 0 or not sha.stdout.strip():
+        return "ntkrepro-book-nogit"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return f"ntkrepro-book-{sha.stdout.strip()}{'-dirty' if dirty else ''}"
+
+
+def archive(html: Path, dest: Path, name: str) -> Path:
+    """Pack the built book ``html`` into ``<dest>/<name>.tar.gz``, every file under one
+    folder ``<name>/`` (open ``<name>/index.html``: nothing is loaded from the network);
+    return the archive's path.
+
+    Raises:
+        BuildError: if ``html`` has no index.html, or loads a script or style sheet from
+            the network (the archive would not be self-contained).
+    """
+    import tarfile
+
+    html = Path(html)
+    if not (html / "index.html").is_file():
+        raise BuildError(f"{html / 'index.html'} does not exist: build the book first")
+    remote = remote_scripts(html) + remote_stylesheets(html)
+    if remote:
+        raise BuildError(f"{html} loads from the network:\n" + "\n".join(remote))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / f"{name}.tar.gz"
+    partial = dest / f".{name}.tar.gz.partial"
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:  # no build machine's user names
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(html, arcname=name, filter=clean)
+    os.replace(partial, target)
+    return target
