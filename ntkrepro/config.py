@@ -283,7 +283,10 @@ class Params(Mapping):
 
 
 def _paper_table(key: str) -> dict[str, Any]:
-    return load_profiles().get(key, {}).get("paper", {})
+    """The figure's ``paper`` overrides, less the parameters that only block computations."""
+    table = load_profiles().get(key, {})
+    blocking = set(table.get("blocking", {}).get("parameters", []))
+    return {k: v for k, v in table.get("paper", {}).items() if k not in blocking}
 
 
 def paper_deviations(key: str, params: Mapping[str, Any]) -> list[str]:
