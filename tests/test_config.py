@@ -23,7 +23,8 @@ def test_profiles_cover_every_notebook_and_name_only_declared_parameters():
         for profile in ("smoke", "paper", "bounds"):
             assert profile in table[key], f"{key} lacks [{profile}]"
         for profile, overrides in table[key].items():
-            unknown = set(overrides) - set(defaults)
+            names = overrides["parameters"] if profile == "blocking" else overrides
+            unknown = set(names) - set(defaults)
             assert not unknown, f"{key}.{profile} names undeclared parameters {unknown}"
             if profile in config.PROFILES:
                 config.resolve(key, profile, {})  # every profile validates

@@ -201,9 +201,9 @@ def test_every_result_file_records_its_provenance(project: Path) -> None:
         arrays = json.loads(z["provenance"].tobytes())
     claim = results.read_claim(folder)["provenance"]
     assert numbers == arrays
-    for field in ("started", "runtime_s"):  # the moment of the run: claim.json only
+    for field in VOLATILE_PROVENANCE:  # the moment of the run, machine facts: claim.json only
         assert field not in numbers and field in claim
-    assert {k: v for k, v in claim.items() if k not in ("started", "runtime_s")} == numbers
+    assert {k: v for k, v in claim.items() if k not in VOLATILE_PROVENANCE} == numbers
     assert numbers["notebook"] == "notebooks/fake/fig.ipynb" and numbers["profile"] == "smoke"
     assert numbers["parameters"] == {"profile": "smoke", "n": 5, "seed": 0, "tolerance": 0.5}
     assert numbers["root_seed"] == 0
