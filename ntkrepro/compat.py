@@ -1,18 +1,8 @@
 """Run neural-tangents 0.6.5 (its last release) on JAX 0.10.x / 0.11.x without TensorFlow.
 
-Importing this module applies the layer, idempotently. It must happen before the first
-``import neural_tangents``; ``ntkrepro/__init__.py`` imports it first for that reason. The
-layer has three parts:
-
-1. Aliases for names that JAX moved or removed and that NT imports. Each is set only where
-   the name is missing, so on old JAX they are no-ops.
-2. A stub for ``neural_tangents.experimental``, which needs TensorFlow and tf2jax.
-3. Fixes scoped to NT's own modules. One of NT's module globals (``jax``, ``ad``, ``core``,
-   ``sp``) is replaced by a view of the real module with a few attributes overridden, or a
-   private NT function is replaced. JAX itself, flax and optax are not affected.
-
-JAX's random-number configuration (``jax_threefry_partitionable``) is left alone.
-"""
+Importing this applies the layer (idempotently; before any ``import neural_tangents``): aliases
+for missing JAX names, a stub ``neural_tangents.experimental``, and fixes scoped to NT's modules
+(views of their globals, replaced private functions). JAX, flax and optax are left alone."""
 
 from __future__ import annotations
 
@@ -61,7 +51,6 @@ def _new_module(name: str, doc: str) -> types.ModuleType:
     return module
 
 
-# ----------------------------------------------------------------- 1. global aliases
 def _safe_map(f: Callable, *args: Any) -> list:
     return list(itertools.starmap(f, zip(*args, strict=True)))
 
@@ -87,12 +76,10 @@ def _install_aliases() -> None:
         util = sys.modules["jax.util"] = jax.util = _new_module("jax.util", "Set by ntkrepro.")
     _set_missing(util, "safe_map", _safe_map)
     _set_missing(util, "safe_zip", _safe_zip)
-    # JAX 0.10.0 removed ad.zeros_like_p. NT only uses it as a key in its rule tables, so a
-    # primitive that is never bound keeps those two rules inert.
+    # JAX 0.10.0 removed ad.zeros_like_p; NT only uses it as a rule-table key (never bound).
     _set_missing(jax.interpreters.ad, "zeros_like_p", jax.extend.core.Primitive("zeros_like"))
 
 
-# -------------------------------------------------------------- 2. experimental stub
 def _tf_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tf2jax"))
 
@@ -113,7 +100,6 @@ def _install_experimental_stub() -> None:
     sys.modules[name] = stub
 
 
-# ------------------------------------------------------------ 3. fixes scoped to NT
 class _Unknown:
     """Stands in for the old `pe.PartialVal` of an output tangent. It is never known."""
 
@@ -123,13 +109,7 @@ class _Unknown:
 
 
 def _linearize(fn_flat: Any, *primals: Any, has_aux: bool = False) -> tuple:
-    """The internal `ad.linearize(fn, *primals)` of JAX < 0.5, for STRUCTURED_DERIVATIVES.
-
-    Built on public `jax.linearize` + `jax.make_jaxpr`. `fn_flat` is a flat `WrappedFun`.
-    Returns `(primals_out, pvals, jaxpr, consts)`. `jaxpr` maps tangents of `primals` (its
-    invars, same shapes) to tangents of all outputs (its outvars), with `consts` bound to its
-    constvars.
-    """
+    """JAX < 0.5's internal `ad.linearize` on public APIs: `(primals_out, pvals, jaxpr, consts)`."""
     if has_aux:
         raise NotImplementedError("ntkrepro.compat._linearize: has_aux=True is not supported.")
     primals_out, jvp_fn = jax.linearize(lambda *p: fn_flat.call_wrapped(*p), *primals)
@@ -138,13 +118,7 @@ def _linearize(fn_flat: Any, *primals: Any, has_aux: bool = False) -> tuple:
 
 
 def _eqn_vjp_fn(eqn: Any, cts_in: Any, *invals: Any) -> tuple:
-    """Cotangents for `eqn`'s inputs given its output cotangent; None for known inputs.
-
-    Replaces NT's version, which calls JAX's per-primitive transpose tables directly. Those
-    changed: since JAX 0.8/0.9 slice, dynamic_slice, jit and others transpose only through
-    `fancy_transposes` (another signature), and JAX 0.10.0 removed `reducing_transposes`.
-    `jax.linear_transpose` of the single equation uses whichever rule applies.
-    """
+    """Input cotangents of `eqn` (None if known); NT's version used tables JAX 0.8-0.10 removed."""
     ad = jax.interpreters.ad
     if eqn is None:  # identity
         return (cts_in,)
@@ -193,9 +167,7 @@ def _patch_nt_modules() -> None:
     import scipy
     import scipy.linalg
 
-    # JAX 0.4.36 (stackless tracing): core.eval_context no longer leaves tracers to their
-    # own trace, so gradient_descent_mse leaks them under jit/vmap. The public
-    # ensure_compile_time_eval keeps the old meaning (eager only for concrete values).
+    # JAX 0.4.36: core.eval_context leaks tracers of gradient_descent_mse under jit/vmap.
     jax_view = _ModuleView(
         jax, core=_ModuleView(jax.core, eval_context=jax.ensure_compile_time_eval)
     )
@@ -211,17 +183,14 @@ def _patch_nt_modules() -> None:
         jax.interpreters.ad,
         # JAX 0.5.0 and 0.10 changed the signature and results of the internal ad.linearize.
         linearize=_linearize,
-        # JAX 0.4.26 deprecated (later removed) ad.source_info_util. NT only uses it to
-        # label transposed equations, so a no-op context is enough.
+        # JAX 0.4.26 removed ad.source_info_util; NT only labels equations with it.
         source_info_util=types.SimpleNamespace(
             transform_name_stack=lambda *_: contextlib.nullcontext()
         ),
-        # JAX 0.4.26 deprecated (later removed) ad.config. NT's optional check under it
-        # calls core.lattice_join, which is gone too, so the check stays off.
+        # JAX 0.4.26 removed ad.config; NT's optional check needs core.lattice_join (gone).
         config=types.SimpleNamespace(jax_enable_checks=False),
     )
-    # JAX 0.9.0 removed core.DShapedArray (dynamic shapes); NT's _read_primal still
-    # compares types against it.
+    # JAX 0.9.0 removed core.DShapedArray; NT's _read_primal still compares types with it.
     emp.core = _ModuleView(jax.core, DShapedArray=_RemovedType)
     emp._eqn_vjp_fn = _eqn_vjp_fn
     emp._get_flops = _get_flops

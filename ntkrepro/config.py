@@ -172,7 +172,7 @@ def _range_problem(name: str, value: Any, bounds: Sequence[float] | None) -> str
 def _data_problem(key: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> str | None:
     """An unknown data set, or ``n_train``/``n_test`` beyond what the data set has.
 
-    Checked only where the notebook's default ``dataset`` is one of :data:`ntkrepro.data.
+    Checked only where the notebook's default ``dataset`` is one of :data:`ntkrepro.datasets.
     DATASETS`, so a figure on synthetic data may use the name ``dataset`` freely.
     ``data.load_task`` checks again, more precisely (class subsets), when loading.
     """

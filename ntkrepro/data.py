@@ -1,9 +1,6 @@
-"""Preprocessing and task construction: subsets, targets, normalization, ZCA, pooling,
-tasks defined by a kernel's eigenvectors, and :func:`load_task`, which cuts a reproducible
-task from a data set of :mod:`ntkrepro.datasets` (re-exported here: ``DATASETS``, ``load``).
-
-Images are NHWC float32 ``(n, H, W, C)``; labels int32 ``(n,)``.
-"""
+"""Preprocessing and tasks: subsets, targets, normalization, ZCA, pooling, eigenvector tasks,
+and :func:`load_task` (a reproducible task from :mod:`ntkrepro.datasets`). Images are NHWC
+float32 ``(n, H, W, C)``; labels int32 ``(n,)``."""
 
 from __future__ import annotations
 
@@ -13,14 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from ntkrepro.datasets import DATASETS as DATASETS  # re-exported: config reads data.DATASETS
 from ntkrepro.datasets import _info, load
 
 
 def _stratified_quotas(counts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Per-class sample sizes summing to n, as equal as the class sizes allow. Water-filling: a
-    class smaller than the fair share gives all its examples and the rest is shared by the other
-    classes; leftover units go to classes drawn by ``rng``."""
+    """Per-class sizes summing to n, as equal as possible (water-filling; leftovers by ``rng``)."""
     quotas = np.zeros(len(counts), dtype=np.int64)
     open_classes = list(np.argsort(counts, kind="stable"))
     remaining = n
@@ -43,9 +37,7 @@ def _stratified_quotas(counts: np.ndarray, n: int, rng: np.random.Generator) -> 
 def subset(
     x: np.ndarray, y: np.ndarray, n: int, seed: int, *, stratified: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(x[idx], y[idx])``: a random subset of ``n`` of the ``N`` examples ``(N, ...)``,
-    ``(N,)``, in shuffled order, fixed by ``seed`` (``Generator(PCG64(seed))``); with
-    ``stratified`` as nearly the same number per class as the class sizes allow."""
+    """``n`` random examples of ``x`` ``(N, ...)``, ``y`` ``(N,)``, shuffled, fixed by ``seed``."""
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
@@ -68,8 +60,7 @@ def subset(
 
 
 def binary_task(y: np.ndarray, positive: Sequence[int]) -> np.ndarray:
-    """Binary targets: +1 where ``y`` is in ``positive``, -1 elsewhere; int32, shape (n,). Example:
-    CIFAR-2 as in the NTK literature is ``binary_task(y, range(5))`` (classes 0-4 vs 5-9)."""
+    """Binary targets: +1 where ``y`` is in ``positive``, -1 elsewhere; int32, shape (n,)."""
     positive = list(positive)
     if not positive:
         raise ValueError("positive must name at least one class")
@@ -77,9 +68,7 @@ def binary_task(y: np.ndarray, positive: Sequence[int]) -> np.ndarray:
 
 
 def one_hot(y: np.ndarray, k: int, centered: bool = True) -> np.ndarray:
-    """Regression targets of shape (n, k), float32. ``centered=True`` follows Lee et al. (2020): ``1
-    - 1/k`` on the true class and ``-1/k`` elsewhere (zero-mean rows); ``centered=False`` gives
-    plain 0/1 one-hot vectors."""
+    """Targets (n, k) float32: one-hot, minus ``1/k`` if ``centered`` (Lee et al. 2020)."""
     y = np.asarray(y)
     if y.ndim != 1 or (len(y) and (y.min() < 0 or y.max() >= k)):
         raise ValueError(f"labels must be a 1-d array of integers in [0, {k})")
@@ -96,9 +85,7 @@ _flatten = flatten  # load_task has a boolean argument of the same name
 
 
 def normalize_per_channel(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Standardize each channel (last axis: colour, or feature of ``(n, d)`` inputs) with
-    the float64 mean and std of ``x_train`` over all other axes (never the test set); a
-    zero-std channel is only centered. Returns float32 arrays of the input shapes."""
+    """Standardize the last axis with the float64 mean and std of ``x_train``; float32 out."""
     train = np.asarray(x_train, dtype=np.float64)
     axes = tuple(range(train.ndim - 1))
     mean, std = train.mean(axis=axes), train.std(axis=axes)
@@ -111,28 +98,17 @@ def normalize_per_channel(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.n
 
 
 def _standardize_examples(x: np.ndarray) -> np.ndarray:
-    """Per-example centering and scaling to unit norm (a 'layer norm' of each input)."""
+    """Center each row and scale it to unit norm."""
     x = x - x.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
 
 
 def zca_whiten(
-    x_train: np.ndarray,
-    x_test: np.ndarray,
-    reg: float,
-    *,
-    standardize_examples: bool = True,
+    x_train: np.ndarray, x_test: np.ndarray, reg: float, *, standardize_examples: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Regularized ZCA whitening as in Lee et al. (2020), arXiv:2007.15801. Examples are flattened
-    to d features and (``standardize_examples``) centered and scaled to unit norm. With the training
-    rows ``X`` (n, d), ``S = X.T @ X / n`` (not re-centered) ``= U diag(s) U.T``; both sets are
-    multiplied by ``W = U diag((s + eps)^(-1/2)) U.T``, ``eps = reg * trace(S) / d`` (relative to
-    the mean eigenvalue: scale-free). ``reg -> 0`` whitens fully. Directions where ``S`` is
-    numerically zero (beyond rank n, or the all-ones direction removed by centering) are left
-    unscaled, as in the reference ZCA code of this line of work, which also standardizes channels
-    first (:func:`normalize_per_channel`). Float64 inside; returns float32 arrays of the input
-    shapes."""
+    """ZCA whitening (Lee et al. 2020), ``eps = reg * trace / d``, of the flattened inputs;
+    numerically null directions stay unscaled, as in the reference code. Float32 out."""
     if not reg >= 0:
         raise ValueError(f"reg must be >= 0, got {reg!r}")
     train = flatten(np.asarray(x_train, dtype=np.float64))
@@ -177,16 +153,9 @@ def load_task(
     zca_reg: float | None = None,
     data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """A reproducible classification task: keep ``classes`` (if given); stratified :func:`subset` of
-    ``n_train`` training and ``n_test`` test examples (both ``seed``); ``normalize`` per channel
-    with training statistics; ZCA-whiten if ``zca_reg`` is not None; ``flatten``. Labels: +1/-1 with
-    ``binary`` (the positive class ids), else the index into ``classes``, else the original class.
-    Returns a dict: ``x_train`` (n_train, H, W, C) or (n_train, H*W*C) float32, ``y_train``
-    (n_train,) int32, ``x_test``, ``y_test``, and metadata ``dataset``, ``n_train``, ``n_test``,
-    ``seed``, ``classes``, ``binary``, ``n_classes``, ``image_shape``, ``normalize``, ``zca_reg``,
-    ``flatten``."""
+    """A reproducible task: a dict of float32 ``x_train``/``x_test``, int32 ``y_train``/``y_test``
+    (±1 with ``binary``, else the index into ``classes``) and the arguments as metadata."""
     info = _info(name)
-    # Validate cheap arguments before touching any file.
     _check_count("n_train", n_train, info.n_train, info.name)
     _check_count("n_test", n_test, info.n_test, info.name)
     if classes is not None:
@@ -212,7 +181,6 @@ def load_task(
 
     x_train, y_train = prepare("train", n_train)
     x_test, y_test = prepare("test", n_test)
-
     if binary is not None:
         y_train, y_test = binary_task(y_train, binary), binary_task(y_test, binary)
         n_classes = 2
@@ -223,14 +191,12 @@ def load_task(
         n_classes = len(classes)
     else:
         n_classes = info.n_classes
-
     if normalize:
         x_train, x_test = normalize_per_channel(x_train, x_test)
     if zca_reg is not None:
         x_train, x_test = zca_whiten(x_train, x_test, zca_reg)
     if flatten:
         x_train, x_test = _flatten(x_train), _flatten(x_test)
-
     return {
         "x_train": x_train,
         "y_train": y_train.astype(np.int32),
@@ -251,10 +217,7 @@ def load_task(
 
 
 def pool(x: np.ndarray, factor: int, *, crop: bool = False) -> np.ndarray:
-    """Average-pool NHWC images over ``factor x factor`` blocks: ``(n, H, W, C) -> (n, H //
-    factor, W // factor, C)`` (cheap CNN kernels on a CPU). ``crop=False`` needs ``factor``
-    to divide ``H`` and ``W``; ``crop=True`` drops the last ``H % factor`` rows and ``W %
-    factor`` columns (the notebooks' former ``pooled``)."""
+    """Average-pool NHWC images over ``factor x factor`` blocks (``crop``: drop the remainder)."""
     x = np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"pool expects NHWC images (n, H, W, C), got shape {x.shape}")
@@ -269,8 +232,7 @@ def pool(x: np.ndarray, factor: int, *, crop: bool = False) -> np.ndarray:
 
 
 def sphere(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` ``(n, d)`` rescaled to squared norm ``d`` (variance ``q0 = 1`` per
-    coordinate, the mean-field input convention)."""
+    """Rows of ``x`` ``(n, d)`` rescaled to squared norm ``d`` (mean-field ``q0 = 1``)."""
     return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(x.shape[1])
 
 
@@ -280,18 +242,13 @@ def log_indices(lo: int, hi: int, count: int) -> list[int]:
 
 
 def eigen_indices(n: int, count: int, first: int = 1) -> list[int]:
-    """``count`` distinct, roughly log-spaced eigenvector indices in ``[first, n // 2]``. Index 0
-    (the top eigenvector) is skipped by default: it is close to constant sign on typical data, so
-    its task is nearly one class."""
+    """Log-spaced indices in ``[first, n // 2]``; 0 (near-constant sign: one class) skipped."""
     if count < 1 or not 1 <= first < n // 2:
         raise ValueError(f"need count >= 1 and 1 <= first < n//2, got count={count}, n={n}")
     return log_indices(first, n // 2, count)
 
 
 def eigenfunction_labels(eigenvectors: np.ndarray, k: int) -> np.ndarray:
-    """Labels in {-1, +1}: the sign of eigenvector ``k`` (columns of ``(n, m)``), zero → +1. Returns
-    ``(n, 1)`` float32, the single-logit target of ``train.sigmoid_bce``. The eigenfunction
-    benchmark takes the eigenvectors of the empirical NTK at initialization on training and test
-    inputs together: the larger ``k``, the harder the task."""
+    """Sign (0 -> +1) of eigenvector ``k`` of ``(n, m)`` as ``(n, 1)`` float32 ±1 labels."""
     v = np.asarray(eigenvectors)[:, k]
     return np.where(v >= 0, 1.0, -1.0).astype(np.float32)[:, None]

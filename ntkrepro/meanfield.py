@@ -1,18 +1,5 @@
-"""Mean-field signal propagation (Seleznova & Kutyniok 2022; Poole et al. 2016;
-Schoenholz et al. 2017), in neural-tangents' NTK parameterization: a layer computes
-``z = sqrt(weight_var / fan_in) * W x + sqrt(bias_var) * b``, ``W, b ~ N(0, 1)``, so
-``weight_var`` is σ_w² and ``bias_var`` σ_b².
-
-The pre-activation variance follows the *variance map*
-``q' = σ_w² E[φ(√q z)²] + σ_b²`` (``z ~ N(0, 1)``) to a fixed point ``q*``; the
-correlation ``c`` of two inputs follows the *correlation map*, whose slope at ``c = 1``,
-``χ₁ = σ_w² E[φ'(√q* z)²]``, separates the ordered phase (``χ₁ < 1``: inputs become
-perfectly correlated, gradients vanish) from the chaotic phase (``χ₁ > 1``: gradients
-explode); ``χ₁ = 1`` is the edge of chaos. Closed forms exist for ``relu`` (arc-cosine
-kernel) and ``erf`` (arcsine kernel); any other activation in :data:`NUMERIC` is
-integrated by quadrature. Theory only: finite networks over many initializations are in
-``models.init_many``, ``kernels.ntk_many`` and ``train.train_many``.
-"""
+"""Mean-field signal propagation (Poole et al. 2016; Seleznova & Kutyniok 2022), NTK
+parameterization (``weight_var`` σ_w², ``bias_var`` σ_b²): variance map, ``q*``, ``χ₁``."""
 
 from __future__ import annotations
 
@@ -27,21 +14,16 @@ import scipy.special
 CLOSED_FORM = ("relu", "erf")
 PHASES = ("ordered", "edge", "chaotic")
 
-# The three initializations shared by every figure of the chapter: σ_b² fixed, σ_w² such
-# that χ₁ takes these values (ReLU: σ_w² = 2 χ₁, i.e. 1, 2 and 3).
+# The initializations of every figure of the chapter: σ_b² fixed, σ_w² such that χ₁ is:
 BIAS_VAR = 0.05
 PHASE_CHI = {"ordered": 0.5, "edge": 1.0, "chaotic": 1.5}
-
-
-def _logistic(x):
-    return scipy.special.expit(x)
-
+_expit = scipy.special.expit
 
 NUMERIC: dict[str, tuple[Callable, Callable]] = {
     "relu": (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float)),
     "erf": (scipy.special.erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-(x**2))),
     "tanh": (np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
-    "sigmoid": (_logistic, lambda x: _logistic(x) * (1.0 - _logistic(x))),
+    "sigmoid": (_expit, lambda x: _expit(x) * (1.0 - _expit(x))),
 }
 
 
@@ -54,12 +36,8 @@ def _check_act(act: str, closed_form: bool = False) -> None:
 def gauss_expectation(
     fn: Callable, q: float, order: int = 200, adaptive: bool | None = None
 ) -> float:
-    """``E[fn(√q z)]`` for ``z ~ N(0, 1)``, by numerical integration. Default (``adaptive=None``):
-    for ``q <= 4`` probabilists' Gauss-Hermite of even ``order`` (no node at ``z = 0``, where ReLU's
-    derivative jumps); for larger ``q`` adaptive quadrature in ``u = √q z`` split at 0, because
-    features of width O(1) in ``u`` (erf's derivative) become too narrow in ``z`` for fixed nodes.
-    ReLU terms are positively homogeneous, so the symmetric Gauss-Hermite rule is exact for them at
-    any ``q`` (``adaptive=False``)."""
+    """``E[fn(√q z)]``: Gauss-Hermite (even ``order``: no node at the ReLU kink) for ``q <= 4``,
+    else adaptive quadrature in ``u = √q z``, as fixed nodes miss narrow features in ``u``."""
     if adaptive is None:
         adaptive = q > 4.0
     if not adaptive:
@@ -79,14 +57,13 @@ def gauss_expectation(
 
 @functools.lru_cache(maxsize=8)
 def _hermite_nodes(order: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights (normalized to sum to 1) of probabilists' Gauss-Hermite."""
+    """Nodes and weights (summing to 1) of probabilists' Gauss-Hermite."""
     z, w = np.polynomial.hermite_e.hermegauss(order)
     return z, w / np.sqrt(2 * np.pi)
 
 
 def variance_map(q: float, weight_var: float, bias_var: float, act: str) -> float:
-    """One layer of the variance map ``q' = σ_w² E[φ(√q z)²] + σ_b²``. Closed forms: ReLU ``E =
-    q/2``; erf ``E = (2/π) arcsin(2q / (1 + 2q))``."""
+    """One layer of the variance map ``q' = σ_w² E[φ(√q z)²] + σ_b²``."""
     _check_act(act)
     if act == "relu":
         second = q / 2
@@ -101,9 +78,7 @@ def variance_map(q: float, weight_var: float, bias_var: float, act: str) -> floa
 def fixed_point(
     weight_var: float, bias_var: float, act: str, q0: float = 1.0, tol: float = 1e-12
 ) -> float:
-    """The fixed point ``q*`` of the variance map reached from ``q0``; ``inf`` if it diverges. ReLU
-    has ``q* = σ_b² / (1 - σ_w²/2)`` for ``σ_w² < 2`` and no finite fixed point otherwise (unless
-    ``σ_w² = 2`` and ``σ_b² = 0``, where every ``q`` is fixed)."""
+    """The fixed point ``q*`` of the variance map reached from ``q0``; ``inf`` if it diverges."""
     _check_act(act)
     if act == "relu":
         if weight_var < 2:
@@ -123,24 +98,18 @@ def fixed_point(
 
 
 def _erf_fixed_point(weight_var: float, bias_var: float) -> float:
-    """Stable fixed point of the erf variance map, by root finding. The map is increasing and
-    concave with ``q' <= σ_w² + σ_b²`` and slope ``4 σ_w²/π`` at ``q = 0``: for ``σ_b² > 0`` the
-    fixed point is unique; for ``σ_b² = 0`` it is ``0`` unless the slope exceeds 1, when the
-    positive root is the stable one."""
+    """Stable fixed point of the erf variance map (for ``σ_b² = 0``: 0 unless ``4 σ_w²/π > 1``)."""
     top = weight_var + bias_var
     if bias_var == 0 and 4 * weight_var / np.pi <= 1:
         return 0.0
-    lo = bias_var if bias_var > 0 else 1e-300
-    if bias_var == 0:  # positive root: start where the map is still above the diagonal
-        lo = top * 1e-9
+    # For σ_b² = 0, the positive root: start where the map is still above the diagonal.
+    lo = bias_var if bias_var > 0 else (top * 1e-9 if bias_var == 0 else 1e-300)
     h = lambda q: variance_map(q, weight_var, bias_var, "erf") - q  # noqa: E731
     return float(scipy.optimize.brentq(h, lo, top, xtol=1e-14, rtol=1e-13))
 
 
 def chi1(weight_var: float, bias_var: float, act: str, numeric: bool = False) -> float:
-    """``χ₁ = σ_w² E[φ'(√q* z)²]``: slope of the correlation map at ``c = 1``. Closed forms: ReLU
-    ``χ₁ = σ_w²/2`` (any ``q*``); erf ``χ₁ = σ_w² (4/π) / √(1 + 4 q*)``. With ``numeric=True`` both
-    the fixed point and the expectation use quadrature."""
+    """``χ₁ = σ_w² E[φ'(√q* z)²]``, the correlation map's slope at 1; ``numeric``: quadrature."""
     _check_act(act, closed_form=not numeric)
     if not numeric:
         if act == "relu":
@@ -150,8 +119,7 @@ def chi1(weight_var: float, bias_var: float, act: str, numeric: bool = False) ->
     phi, dphi = NUMERIC[act]
     adaptive = False if act == "relu" else None
     q = 1.0
-    # Iterate the variance map; stop once it has converged or clearly diverges (then
-    # E[φ'²] is taken at a large q; for ReLU it does not depend on q at all).
+    # Iterate until converged or clearly diverging (E[φ'²] then at a large q; ReLU: any q).
     for _ in range(5_000):
         new = weight_var * gauss_expectation(lambda u: phi(u) ** 2, q, adaptive=adaptive)
         new += bias_var
@@ -163,10 +131,7 @@ def chi1(weight_var: float, bias_var: float, act: str, numeric: bool = False) ->
 
 
 def correlation_map(c: float, q: float, weight_var: float, bias_var: float, act: str) -> float:
-    """Correlation after one layer of two inputs with variance ``q`` and correlation ``c``. ``c' =
-    (σ_w² E[φ(u)φ(v)] + σ_b²) / q'`` with ``(u, v)`` centred Gaussian, variances ``q``, covariance
-    ``c q``; ``q'`` from :func:`variance_map`. Closed forms: ReLU (arc-cosine, ``E = q (sin θ + (π -
-    θ) cos θ) / 2π``, ``θ = arccos c``) and erf (``E = (2/π) arcsin(2 c q / (1 + 2 q))``)."""
+    """Correlation ``c'`` after one layer of two inputs of variance ``q`` and correlation ``c``."""
     _check_act(act, closed_form=True)
     c = float(np.clip(c, -1.0, 1.0))
     if act == "relu":
@@ -180,8 +145,7 @@ def correlation_map(c: float, q: float, weight_var: float, bias_var: float, act:
 def weight_var_for_chi(
     chi: float, bias_var: float, act: str, hi: float = 1e3, numeric: bool = False
 ) -> float:
-    """The ``σ_w²`` at which ``χ₁(σ_w², σ_b²) = chi`` (root of a monotone function);
-    ``numeric=True`` uses quadrature (any activation in :data:`NUMERIC`)."""
+    """The ``σ_w²`` at which ``χ₁(σ_w², σ_b²) = chi``; ``numeric`` allows any :data:`NUMERIC`."""
     _check_act(act, closed_form=not numeric)
     if chi <= 0:
         raise ValueError(f"chi={chi} must be > 0")
@@ -202,8 +166,7 @@ def edge_of_chaos(bias_var: float, act: str) -> float:
 def phase_points(
     act: str, bias_var: float = BIAS_VAR, chis: dict[str, float] | None = None
 ) -> dict[str, tuple[float, float]]:
-    """``{phase: (σ_w², σ_b²)}`` for the ordered phase, the edge of chaos and the chaotic
-    phase at fixed ``σ_b²``: the points where ``χ₁`` equals :data:`PHASE_CHI`."""
+    """``{phase: (σ_w², σ_b²)}`` at fixed ``σ_b²`` where ``χ₁`` equals :data:`PHASE_CHI`."""
     chis = PHASE_CHI if chis is None else chis
     return {ph: (weight_var_for_chi(chi, bias_var, act), bias_var) for ph, chi in chis.items()}
 

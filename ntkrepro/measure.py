@@ -1,16 +1,11 @@
 """Timing, peak memory and the machine record, for ``benchmarks/`` and the scaling page.
 
-Times are wall-clock seconds of warm calls (``warmup`` untimed calls first, so compilation
-is excluded), summarized by the median of repeats. Peak memory is the growth of the
-process's resident set during one call: freed heap memory is returned to the OS
-(``malloc_trim``), Linux's high-water mark (``VmHWM``) is reset to ``VmRSS``
-(``/proc/self/clear_refs``) and read after the call, so it counts every allocation, XLA's
-and numpy's, on the CPU backend (on a GPU, device memory is not counted); ``None`` where
-that is unavailable (not Linux).
+Times are of warm calls (compilation excluded); peak memory: :data:`MEMORY_METHOD`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -33,11 +28,7 @@ MEMORY_METHOD = (
 def time_side_by_side(
     fns: dict[str, Callable[[], Any]], repeats: int = 3, warmup: int = 1
 ) -> dict[str, dict[str, Any]]:
-    """Time several functions with their calls interleaved (a, b, a, b, ...), so that a busy
-    machine slows each about equally and their ratio stays meaningful.
-
-    Returns ``{name: {"median_s", "min_s", "times_s", "repeats"}}``.
-    """
+    """Time ``fns`` like :func:`time_call`, interleaved so that load slows each about alike."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
     for fn in fns.values():
@@ -61,33 +52,27 @@ def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> dict[
 
 
 def _status_kib(field: str) -> int | None:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    except OSError:
-        pass
     return None
 
 
 def _reset_peak() -> bool:
     """Free what can be freed, then reset the high-water mark to the current RSS."""
     gc.collect()
-    try:  # freed heap memory a later allocation could otherwise hide in
+    with contextlib.suppress(OSError, AttributeError):  # freed memory could hide a peak
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
+        Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
+    return True
 
 
 def peak_memory_mib(fn: Callable[[], Any]) -> tuple[Any, float | None]:
-    """Run ``fn()`` once; return its result and the peak growth of resident memory in MiB
-    (``VmHWM`` after minus ``VmRSS`` before), ``None`` where it cannot be measured."""
+    """Run ``fn()`` once; return its result and peak resident-memory growth in MiB (or None)."""
     ok = _reset_peak()
     before = _status_kib("VmRSS")
     out = jax.block_until_ready(fn())
@@ -98,9 +83,7 @@ def peak_memory_mib(fn: Callable[[], Any]) -> tuple[Any, float | None]:
 
 
 def machine() -> dict[str, Any]:
-    """Where a measurement ran: host, CPU model and count, load averages at the time (a
-    contended machine inflates absolute times; ratios measured side by side less so), JAX
-    device, package versions and the memory method."""
+    """Where a measurement ran: host, CPU, load (it inflates times), device, versions."""
     from ntkrepro import compat, memory, results
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -1,7 +1,4 @@
-"""Architectures as neural-tangents ``stax`` triples ``(init_fn, apply_fn, kernel_fn)``:
-one definition gives the finite network and its infinite-width NNGP/NTK, so comparing
-them compares one architecture. Inputs: NHWC images (CNNs), ``(n, d)`` vectors (FCN).
-"""
+"""Architectures as ``stax`` triples ``(init_fn, apply_fn, kernel_fn)``: network and kernels."""
 
 from __future__ import annotations
 
@@ -48,9 +45,7 @@ def fcn(
     b_std: float = 0.05,
     parameterization: str = "ntk",
 ) -> Triple:
-    """Fully connected network: ``depth`` hidden layers of ``width`` units, then a readout. Input
-    ``(n, d)``; output ``(n, out_dim)``. ``W_std``/``b_std`` are the standard deviations of weights
-    (times ``1/sqrt(fan_in)``) and biases; ``W_std**2`` is the σ_w² of the mean-field literature."""
+    """``depth`` dense hidden layers of ``width``, then a readout: ``(n, d) -> (n, out_dim)``."""
     _check(width, depth, parameterization)
     dense = dict(W_std=W_std, b_std=b_std, parameterization=parameterization)
     hidden = [stax.serial(stax.Dense(width, **dense), activation(act)) for _ in range(depth)]
@@ -71,17 +66,13 @@ def cnn(
     b_std: float = 0.05,
     parameterization: str = "ntk",
 ) -> Triple:
-    """``depth`` 3x3 SAME convolutions of ``channels`` channels, then a readout: ``"vec"``
-    (flatten, CNN-VEC of Lee et al. 2020) or ``"gap"`` (global average pooling, CNN-GAP),
-    then a dense layer. Input NHWC; output ``(n, out_dim)``."""
+    """``depth`` 3x3 convs, a ``"vec"``/``"gap"`` readout, a dense layer: NHWC -> (n, out_dim)."""
     _check(channels, depth, parameterization)
     if readout not in READOUTS:
         raise ValueError(f"readout={readout!r}: use one of {', '.join(READOUTS)}")
     dense = dict(W_std=W_std, b_std=b_std, parameterization=parameterization)
-    body = [
-        stax.serial(stax.Conv(channels, (3, 3), padding="SAME", **dense), activation(act))
-        for _ in range(depth)
-    ]
+    conv = partial(stax.Conv, channels, (3, 3), padding="SAME", **dense)
+    body = [stax.serial(conv(), activation(act)) for _ in range(depth)]
     return stax.serial(*body, READOUTS[readout](), stax.Dense(out_dim, **dense))
 
 
@@ -97,10 +88,7 @@ def lenet(
     b_std: float = 0.0,
     parameterization: str = "standard",
 ) -> Triple:
-    """LeNet-like CNN of Ortiz-Jiménez et al. (2021): conv 6 and 16 channels 5x5 SAME, 2x2 average
-    pooling after each, then dense 120 → 84 → ``out_dim``. Input NHWC. The defaults (standard
-    parameterization, ``W_std=1``, zero biases) match a LeCun normal weight initialization with zero
-    biases."""
+    """LeNet-like CNN of Ortiz-Jiménez et al. (2021); defaults: LeCun init, zero biases."""
     _check(1, 0, parameterization)
     dense = dict(W_std=W_std, b_std=b_std, parameterization=parameterization)
     return stax.serial(
@@ -119,19 +107,10 @@ def lenet(
     )
 
 
-def standard_mlp(
-    width: int = 100, depth: int = 2, out_dim: int = 1, *, act: str = "relu"
-) -> Triple:
-    """MLP of Ortiz-Jiménez et al. (2021): ``depth`` hidden layers of ``width``, standard
-    parameterization, LeCun-normal weights (``W_std=1``) and zero-initialized biases."""
-    return fcn(width, depth, out_dim, act=act, W_std=1.0, b_std=0.0, parameterization="standard")
-
-
 def ortiz2021(architecture: str, width: int = 100, depth: int = 2, out_dim: int = 1) -> Triple:
-    """The single-logit models of Ortiz-Jiménez et al. (2021) by name: ``"mlp"``
-    (:func:`standard_mlp` of ``width``/``depth``) or ``"lenet"`` (:func:`lenet`)."""
+    """Ortiz-Jiménez et al. (2021)'s ``"mlp"`` (LeCun init, zero biases) or ``"lenet"``."""
     if architecture == "mlp":
-        return standard_mlp(width, depth, out_dim)
+        return fcn(width, depth, out_dim, W_std=1.0, b_std=0.0, parameterization="standard")
     if architecture == "lenet":
         return lenet(out_dim)
     raise ValueError(f"architecture={architecture!r}: use 'mlp' or 'lenet'")

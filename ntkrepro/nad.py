@@ -1,13 +1,6 @@
-"""Neural anisotropy directions (NADs) and the linearly separable NAD benchmark.
-
-The NADs of Ortiz-Jiménez et al. (2021) are the right singular vectors, by decreasing
-singular value, of the mixed derivative ``M = ∂²f/∂θ∂x`` at ``x0 = 0`` (``(P, D)`` for
-``P`` parameters and ``D`` input pixels), which governs how the eNTK changes with the
-input. ``M`` is never formed: with ``g(θ) = ∇_x f(θ, x0)`` (Jacobian ``J_g = Mᵀ``), the
-NADs are the eigenvectors of ``G = Mᵀ M = J_g J_gᵀ`` (``D x D``, eigenvalues ``σ_k²``),
-built with one VJP and one JVP of ``g`` per input direction: memory
-``O(chunk * P + D²)`` instead of ``O(P * D)``.
-"""
+"""Neural anisotropy directions (Ortiz-Jiménez et al. 2021): right singular vectors of ``M =
+∂²f/∂θ∂x`` ``(P, D)``, found as eigenvectors of ``G = Mᵀ M`` built with one VJP and one JVP
+per input direction (memory ``O(chunk * P + D²)``, never ``O(P * D)``)."""
 
 from __future__ import annotations
 
@@ -21,9 +14,7 @@ from ntkrepro.data import log_indices
 
 
 def input_gradient_fn(apply_fn: Callable, x0: jax.Array) -> Callable:
-    """``g(θ) = ∇_x f(θ, x)`` at ``x = x0``, flattened to shape ``(D,)``. ``apply_fn(params, x)``
-    must return ``(1, k)`` for one input ``x`` of shape ``(1, *input_shape)``; ``f`` is its first
-    output (the single logit)."""
+    """``g(θ) = ∇_x f(θ, x0)`` ``(D,)``, ``f`` the first output of ``apply_fn(params, x0)``."""
 
     def g(params):
         grad = jax.grad(lambda x: apply_fn(params, x)[0, 0])(x0)
@@ -40,10 +31,7 @@ def mixed_derivative_gram(
     x0: np.ndarray | None = None,
     chunk: int = 64,
 ) -> np.ndarray:
-    """``G = Mᵀ M`` ``(D, D)`` float64 (symmetric PSD) for the mixed derivative
-    ``M = ∂²f/∂θ∂x`` of the first output of ``apply_fn(params, x) -> (n, k)`` at ``x0``
-    (shape ``input_shape``, one input without batch axis, ``D = prod(input_shape)``;
-    default zeros, the authors' choice); ``chunk`` columns per compiled call."""
+    """``G = Mᵀ M`` ``(D, D)`` float64 at ``x0`` (``input_shape``, no batch axis; default 0)."""
     shape = tuple(int(s) for s in input_shape)
     d = int(np.prod(shape))
     if chunk < 1:
@@ -83,9 +71,7 @@ def nads(
     x0: np.ndarray | None = None,
     chunk: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Neural anisotropy directions of ``apply_fn`` at ``params``: ``(eigenvalues (D,),
-    decreasing, the squared singular values of M; directions (D, *input_shape), unit-norm,
-    directions[k] the k-th right singular vector of M, of arbitrary sign)``."""
+    """NADs: decreasing eigenvalues ``(D,)``, unit directions ``(D, *input_shape)`` (any sign)."""
     gram = mixed_derivative_gram(apply_fn, params, input_shape, x0=x0, chunk=chunk)
     values, vectors = np.linalg.eigh(gram)
     order = np.argsort(values)[::-1]
@@ -94,18 +80,9 @@ def nads(
 
 
 def separable_dataset(
-    direction: np.ndarray,
-    n: int,
-    *,
-    epsilon: float,
-    sigma: float,
-    key: jax.Array,
+    direction: np.ndarray, n: int, *, epsilon: float, sigma: float, key: jax.Array
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` examples linearly separable along ``direction`` ``(*input_shape)`` (the NAD
-    benchmark): ``x = (ε/2) y u + (I - u uᵀ) w``, ``u`` the unit direction, labels ``y``
-    ±1 with probability 1/2, noise ``w ~ N(0, σ² I)`` (``sigma >= 0``) projected off ``u``:
-    a margin ``ε/2`` (``epsilon > 0``). Returns ``x`` ``(n, *input_shape)`` and ``y``
-    ``(n, 1)``, float32."""
+    """``x = (ε/2) y u + (I - u uᵀ) w``, ``y = ±1`` ``(n, 1)``, ``w ~ N(0, σ² I)``; float32."""
     if n < 1 or not epsilon > 0 or not sigma >= 0:
         raise ValueError(f"need n >= 1, epsilon > 0, sigma >= 0; got {n}, {epsilon}, {sigma}")
     u = np.asarray(direction, np.float64)

@@ -53,12 +53,15 @@ def test_notebook_is_committed_clean(key):
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     """Run every notebook once under smoke; results in a temporary folder."""
-    folder = tmp_path_factory.mktemp("results")
-    env = {"NTKREPRO_RESULTS": str(folder)}
+    return _run_smoke(tmp_path_factory.mktemp("results"))
+
+
+def _run_smoke(folder):
+    """``ntkrepro run --profile smoke`` of every figure, results into ``folder``."""
     proc = subprocess.run(
         [sys.executable, "-m", "ntkrepro.tooling.cli", "run", "--profile", "smoke"],
         cwd=ROOT,
-        env={**__import__("os").environ, **env},
+        env={**__import__("os").environ, "NTKREPRO_RESULTS": str(folder)},
         capture_output=True,
         text=True,
         timeout=1200,
@@ -94,17 +97,7 @@ TIMING_FIGURES = {"performance/scaling"}
 @pytest.fixture(scope="module")
 def second_smoke_results(smoke_results, tmp_path_factory):
     """Every notebook run a second time under smoke, into another folder."""
-    folder = tmp_path_factory.mktemp("results2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "ntkrepro.tooling.cli", "run", "--profile", "smoke"],
-        cwd=ROOT,
-        env={**__import__("os").environ, "NTKREPRO_RESULTS": str(folder)},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return folder
+    return _run_smoke(tmp_path_factory.mktemp("results2"))
 
 
 @pytest.mark.slow

@@ -1,30 +1,8 @@
 """Stage, build and check the ntkrepro Jupyter Book of one profile (``ntkrepro book``).
 
-The book is never built from the repository itself. :func:`stage` assembles a folder that
-mirrors the repository layout::
-
-    _build/<profile>/src/
-      _config.yml                       the top-level _config.yml, with the repository URL
-                                        of pyproject.toml (ntkrepro.tooling.launch)
-      book/                             copy of book/, plus the generated status.md
-      notebooks/<paper>/<figure>.ipynb  executed notebook from results/<profile>/<paper>/<figure>/,
-                                        with download links to its numbers
-      notebooks/<paper>/_data/<figure>/ the figure's numbers (numbers.json, .npz, .csv, ...)
-      _vendor/mathjax/                  MathJax 3 from npm (served as html/_static/mathjax/)
-      _vendor/datatables/               DataTables from npm (sortable status table)
-
-and :func:`build` runs ``jupyter-book build`` on it (:func:`build_command`; ``-W``:
-warnings are errors) into ``_build/<profile>/_build/html`` (:func:`html_dir`), then checks
-the internal links and that no script or style sheet is loaded from the network
-(:func:`check_links`, :func:`remote_scripts`, :func:`remote_stylesheets`). Those checks are
-in-house, not LinkChecker's (the tests run LinkChecker on a built book as well): they need
-no tool outside the book extra, check every page rather than those reachable from the
-index, and also refuse root-relative links and links that leave the book, which
-LinkChecker follows without complaint. :func:`archive` packs a built book into one
-``.tar.gz`` (``ntkrepro publish``). Staging refuses a figure
-whose results are missing, malformed (``claim.schema.json``), corrupt (checksums) or stale
-(:func:`ntkrepro.results.result_state`, the test ``ntkrepro run`` uses), naming the page and
-the command that redoes it. No notebook is executed.
+The book is built from a staged copy (:func:`stage`), never from the repository itself.
+The link checks are in-house: unlike LinkChecker they need no extra tool, check every page
+and refuse root-relative links and links that leave the book.
 """
 
 from __future__ import annotations
@@ -35,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -53,10 +31,9 @@ GENERATED_PAGES = ("book/status",)
 #: Where each figure's figure.png goes, as ``<paper>-<figure>.png``, relative to book/.
 FIGURES_DIR = "figures"
 MATHJAX_NPM_SPEC = "mathjax@3"
-#: DataTables 2 with its default styling (it pulls datatables.net); its jQuery plugin is
-#: what sphinx-datatables calls. jQuery itself comes from sphinxcontrib-jquery (PyPI).
+#: DataTables 2 (pulls datatables.net), for sphinx-datatables; jQuery: sphinxcontrib-jquery.
 DATATABLES_NPM_SPEC = "datatables.net-dt@2.3.5"
-#: The DataTables files that the book serves (npm package, path) -> name in _vendor/datatables.
+#: (npm package, path) -> name in _vendor/datatables.
 _DATATABLES_FILES = {
     ("datatables.net", "js/dataTables.min.js"): "dataTables.min.js",
     ("datatables.net-dt", "css/dataTables.dataTables.min.css"): "dataTables.dataTables.min.css",
@@ -70,10 +47,9 @@ TABLES_CSS = (
 )
 #: Result files offered for download beside each figure (besides claim.json).
 DOWNLOAD_SUFFIXES = (".json", ".npz", ".csv", ".pdf")
-#: Folder (beside the staged notebooks of a paper) of each figure's downloadable numbers.
+#: Folder, beside a paper's staged notebooks, of each figure's downloadable numbers.
 DATA_DIR = "_data"
-#: Where MathJax goes in the staging folder (``html_static_path`` in _config.yml). Not
-#: ``_static``: Jupyter Book would add every ``*.js`` below it as a <script> on every page.
+#: ``html_static_path`` in _config.yml; not _static, whose *.js Jupyter Book loads everywhere.
 VENDOR_DIR = "_vendor"
 #: The parts of MathJax's es5/ folder that tex-chtml.js loads.
 _MATHJAX_PARTS = ("tex-chtml.js", "input", "output/chtml", "ui", "a11y", "sre", "adaptors")
@@ -107,9 +83,6 @@ def build_command(profile: str, root: Path) -> list[str]:
     ]
 
 
-# ---------------------------------------------------------------------------- TOC
-
-
 def _toc_entries(node: Any) -> Iterator[str]:
     """Every ``root``/``file`` entry of a parsed _toc.yml, in reading order."""
     node = dict(enumerate(node)) if isinstance(node, list) else node
@@ -127,29 +100,20 @@ def toc_pages(toc_path: Path) -> list[str]:
 
 
 def figures_in_toc(toc_path: Path) -> list[str]:
-    """The "paper/figure" keys of the TOC's ``notebooks/<paper>/<figure>`` pages, in order;
-    any other entry under ``notebooks/`` is an error (it maps to no results)."""
+    """The "paper/figure" keys of the TOC's ``notebooks/<paper>/<figure>`` pages, in order."""
     keys = []
     for page in toc_pages(toc_path):
         parts = page.split("/")
         if parts[0] == "notebooks":
             if len(parts) != 3 or not all(parts):
-                raise ValueError(
-                    f"{toc_path}: TOC entry {page!r} is not notebooks/<paper>/<figure>"
-                )
+                msg = f"{toc_path}: TOC entry {page!r} is not notebooks/<paper>/<figure>"
+                raise ValueError(msg)
             keys.append(f"{parts[1]}/{parts[2]}")
     return keys
 
 
-# ---------------------------------------------------------------------------- staging
-
-
 def load_claim(path: Path) -> dict:
-    """Read one ``claim.json`` and check it against ``claim.schema.json``.
-
-    Raises:
-        ValueError: naming ``path`` and every problem (missing file, invalid JSON, schema).
-    """
+    """Read one ``claim.json`` and check it against the schema (ValueError naming each problem)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -187,23 +151,18 @@ def _notebook_problems(path: Path) -> list[str]:
 def _figure_problems(
     profile: str, root: Path, key: str, results: Path, allow_stale: bool
 ) -> tuple[list[str], dict | None]:
-    """Problems with the results of one figure page, and its claim if there are none: the
-    notebook ran cleanly, the claim is valid and of this figure and profile, the files
-    match their checksums and the parameters and code are current (or stale, with
-    ``allow_stale``: the claim is marked)."""
+    """Problems with the results of one figure page, and its claim if there are none."""
     page, folder, (paper, figure) = f"notebooks/{key}", results / profile / key, key.split("/")
     notebook = folder / f"{figure}.ipynb"
     problems = [] if notebook.is_file() else [f"no executed notebook {notebook}"]
     problems += _notebook_problems(notebook) if notebook.is_file() else []
     try:
-        claim = load_claim(folder / "claim.json")
+        claim = load_claim(claim_file := folder / "claim.json")
     except ValueError as err:
         claim, problems = None, [*problems, str(err)]
     for field, want in {"paper": paper, "figure": figure, "profile": profile}.items():
         if claim is not None and claim[field] != want:  # copied from elsewhere: wrong numbers
-            problems.append(
-                f"{folder / 'claim.json'}: {field} is {claim[field]!r}, expected {want!r}"
-            )
+            problems.append(f"{claim_file}: {field} is {claim[field]!r}, expected {want!r}")
     if not problems:
         state, reason = result_state(key, profile, root=root, results=results)
         if state == "stale" and allow_stale:
@@ -216,15 +175,7 @@ def _figure_problems(
 def collect_claims(
     profile: str, root: Path, *, results: Path | None = None, allow_stale: bool = False
 ) -> list[dict]:
-    """Validated claims of every figure page in book/_toc.yml, in TOC order.
-
-    ``results``: the results folder (default ``<root>/results``); ``allow_stale`` lets
-    stale results through, marked for the status page.
-
-    Raises:
-        StagingError: listing each page whose results are missing, malformed, corrupt or
-            stale (and each TOC page without a source), with the commands that redo them.
-    """
+    """Validated claims of every figure page in book/_toc.yml, in TOC order (or StagingError)."""
     if not _PROFILE_RE.match(profile):  # it could escape _build/ or results/
         raise ValueError(f"invalid profile name {profile!r} (letters, digits, - and _ only)")
     root, toc = Path(root), Path(root) / "book" / "_toc.yml"
@@ -253,11 +204,7 @@ def collect_claims(
 
 
 def _npm_install(prefix: Path, spec: str, marker: Path, what: str) -> None:
-    """``npm install spec`` into ``prefix`` unless ``marker`` exists.
-
-    Raises:
-        RuntimeError: if npm is unavailable or fails, or ``marker`` is still missing.
-    """
+    """``npm install spec`` into ``prefix`` unless ``marker`` exists (RuntimeError if it fails)."""
     if marker.is_file():
         return
     if (npm := shutil.which("npm")) is None:
@@ -277,11 +224,7 @@ def _npm_install(prefix: Path, spec: str, marker: Path, what: str) -> None:
 
 
 def ensure_mathjax(root: Path) -> Path:
-    """MathJax's es5/ folder under ``_build/npm``, installed from npm if missing.
-
-    Raises:
-        RuntimeError: if MathJax is missing and npm is unavailable or fails.
-    """
+    """MathJax's es5/ folder under ``_build/npm``, installed from npm if missing."""
     prefix = Path(root) / "_build" / "npm"
     es5 = prefix / "node_modules" / "mathjax" / "es5"
     _npm_install(prefix, MATHJAX_NPM_SPEC, es5 / "tex-chtml.js", "MathJax")
@@ -289,13 +232,8 @@ def ensure_mathjax(root: Path) -> Path:
 
 
 def ensure_datatables(root: Path) -> Path:
-    """The ``node_modules`` folder of DataTables under ``_build/npm/datatables``, installed
-    from npm if missing. (A prefix of its own: ``npm install --no-save`` in MathJax's
-    prefix would remove MathJax, which no package.json lists.)
-
-    Raises:
-        RuntimeError: if DataTables is missing and npm is unavailable or fails.
-    """
+    """DataTables' ``node_modules``, installed if missing."""
+    # Its own prefix: `npm install --no-save` in MathJax's would remove MathJax.
     prefix = Path(root) / "_build" / "npm" / "datatables"
     modules = prefix / "node_modules"
     for (package, path), _name in _DATATABLES_FILES.items():
@@ -304,8 +242,7 @@ def ensure_datatables(root: Path) -> Path:
 
 
 def repository_config(text: str, url: str) -> str:
-    """``_config.yml`` text with ``repository.url`` set to ``url`` (comments and layout
-    kept; a ``repository:`` block is appended if there is none)."""
+    """``_config.yml`` text with ``repository.url`` set to ``url``, comments and layout kept."""
     lines = text.splitlines(keepends=True)
     start = next((i for i, ln in enumerate(lines) if re.match(r"^repository:\s*$", ln)), None)
     if start is None:
@@ -320,8 +257,7 @@ def repository_config(text: str, url: str) -> str:
 
 
 def _repository_url(root: Path) -> str | None:
-    """The repository URL of ``root``'s pyproject.toml, else of the checkout ntkrepro runs
-    from (a test's temporary root has none), else None."""
+    """The repository URL of ``root``'s pyproject.toml (a test's root has none), else ours."""
     from ntkrepro.tooling import launch
 
     for folder in dict.fromkeys([Path(root), config.repo_root()]):
@@ -331,8 +267,7 @@ def _repository_url(root: Path) -> str | None:
 
 
 def download_files(folder: Path) -> list[Path]:
-    """The files of a figure's results that its page offers for download: its numbers,
-    tables and PDF (:data:`DOWNLOAD_SUFFIXES`) and ``claim.json``, sorted by name."""
+    """A figure's result files that its page offers for download, sorted by name."""
     return sorted(
         p
         for p in Path(folder).iterdir()
@@ -343,8 +278,7 @@ def download_files(folder: Path) -> list[Path]:
 
 
 def _downloads_cell(figure: str, names: list[str], profile: str) -> dict:
-    """A markdown cell of download links (``{download}`` role: Sphinx copies each file into
-    html/_downloads/ and checks that it exists)."""
+    """A markdown cell of ``{download}`` links (Sphinx copies each file, checking it exists)."""
     links = ", ".join(f"{{download}}`{n} <{DATA_DIR}/{figure}/{n}>`" for n in names)
     return {
         "cell_type": "markdown",
@@ -358,20 +292,15 @@ def _shows_image(cell: dict) -> bool:
     return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
 
 
-def _stage_notebook(source: Path, dest: Path, downloads: dict | None = None) -> None:
-    """Copy an executed notebook, with papermill's injected-parameters cell tagged
-    ``remove-cell`` (myst-nb leaves it out): the page shows the method, not the run's
-    machinery (the parameters are on the status page). ``downloads``: a markdown cell
-    (:func:`_downloads_cell`) put after the last cell that shows an image (the figure),
-    else at the end."""
+def _stage_notebook(source: Path, dest: Path, downloads: dict) -> None:
+    """Copy an executed notebook, its parameters cell hidden, ``downloads`` after the figure."""
     nb = json.loads(source.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         tags = cell.setdefault("metadata", {}).setdefault("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
-    if downloads is not None:
-        shown = [i for i, c in enumerate(nb["cells"]) if _shows_image(c)]
-        nb["cells"].insert(shown[-1] + 1 if shown else len(nb["cells"]), downloads)
+    shown = [i for i, c in enumerate(nb["cells"]) if _shows_image(c)]
+    nb["cells"].insert(shown[-1] + 1 if shown else len(nb["cells"]), downloads)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
 
@@ -379,20 +308,11 @@ def _stage_notebook(source: Path, dest: Path, downloads: dict | None = None) -> 
 def stage(
     profile: str, root: Path, *, results: Path | None = None, allow_stale: bool = False
 ) -> Path:
-    """Assemble the book sources of ``profile`` under ``_build/<profile>/src``, from scratch
-    (no page of an earlier staging survives), and return that folder.
-
-    Copies ``_config.yml``, ``book/`` and each figure's executed notebook (see
-    :func:`_stage_notebook`), adds an offline MathJax and writes ``book/status.md`` (with
-    each figure.png copied to ``book/figures/``) and ``book/_generated/benchmarks.md``.
-    ``results`` and ``allow_stale``: see :func:`collect_claims`, which raises
-    :class:`StagingError`.
-    """
+    """Assemble the book sources of ``profile`` in a fresh ``_build/<profile>/src``; return it."""
     root = Path(root).resolve()
     results = Path(results or root / "results")
     claims = collect_claims(profile, root, results=results, allow_stale=allow_stale)
-    es5 = ensure_mathjax(root)
-    datatables = ensure_datatables(root)
+    es5, datatables = ensure_mathjax(root), ensure_datatables(root)
     src = staging_dir(profile, root)
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
@@ -407,17 +327,12 @@ def stage(
         folder = results / profile / paper / figure
         data = src / "notebooks" / paper / DATA_DIR / figure
         data.mkdir(parents=True)
-        names = []
-        for path in download_files(folder):  # verified by their checksums (claim.json too)
-            shutil.copy2(path, data / path.name)
-            names.append(path.name)
-        _stage_notebook(
-            folder / f"{figure}.ipynb",
-            src / "notebooks" / paper / f"{figure}.ipynb",
-            _downloads_cell(figure, names, profile),
-        )
-        if (folder / "figure.png").is_file():  # verified by its checksum
-            # Flat, paper-figure.png: Sphinx keeps the base name in _images/, so it is unique.
+        names = [path.name for path in download_files(folder)]
+        for name in names:  # verified by their checksums (claim.json too)
+            shutil.copy2(folder / name, data / name)
+        staged = src / "notebooks" / paper / f"{figure}.ipynb"
+        _stage_notebook(folder / f"{figure}.ipynb", staged, _downloads_cell(figure, names, profile))
+        if (folder / "figure.png").is_file():  # flat name: Sphinx's _images/ keeps base names
             claim[THUMBNAIL_KEY] = f"{FIGURES_DIR}/{paper}-{figure}.png"
             (src / "book" / FIGURES_DIR).mkdir(exist_ok=True)
             shutil.copy2(folder / "figure.png", src / "book" / claim[THUMBNAIL_KEY])
@@ -436,17 +351,11 @@ def stage(
     (src / "book" / "status.md").write_text(render_status(claims, profile), encoding="utf-8")
     (src / "book" / "_generated").mkdir()
     summary = results / "bench" / "summary.md"  # written by `make bench`
-    (src / "book" / "_generated" / "benchmarks.md").write_text(
-        summary.read_text(encoding="utf-8")
-        if summary.is_file()
-        else "No benchmark results were found when this book was built: run `make bench`, "
-        "then `ntkrepro book` again.\n",
-        encoding="utf-8",
-    )
+    missing = "No benchmark results were found when this book was built: run `make bench`, "
+    missing += "then `ntkrepro book` again.\n"
+    text = summary.read_text(encoding="utf-8") if summary.is_file() else missing
+    (src / "book" / "_generated" / "benchmarks.md").write_text(text, encoding="utf-8")
     return src
-
-
-# ---------------------------------------------------------------------------- build
 
 
 def _jupyter_book_exe() -> str:
@@ -460,20 +369,11 @@ def _jupyter_book_exe() -> str:
 def build(
     profile: str, root: Path, *, results: Path | None = None, allow_stale: bool = False
 ) -> Path:
-    """Stage (:func:`stage`) and build the book of ``profile``; return the HTML folder.
-
-    The output folder is wiped first: an incremental Sphinx build would not repeat the
-    warnings of unchanged pages, so ``-W`` could pass on a stale error. The full log goes
-    to ``_build/<profile>/build.log``.
-
-    Raises:
-        StagingError: see :func:`collect_claims`.
-        BuildError: if jupyter-book reports a warning or error, or the HTML has broken
-            internal links or loads a script from the network.
-    """
+    """Stage and build the book of ``profile``; return the HTML folder (log: build.log)."""
     root = Path(root).resolve()
     stage(profile, root, results=results, allow_stale=allow_stale)
     out, html = root / "_build" / profile, html_dir(profile, root)
+    # An incremental build would not repeat unchanged pages' warnings: -W could miss them.
     shutil.rmtree(out / "_build", ignore_errors=True)
     cmd = build_command(profile, root)
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
@@ -494,9 +394,6 @@ def build(
     if problems:
         raise BuildError(f"the built book {html} is not self-contained:\n" + "\n".join(problems))
     return html
-
-
-# ---------------------------------------------------------------------------- HTML checks
 
 
 class _PageScan(HTMLParser):
@@ -536,13 +433,7 @@ def book_pages(html: Path) -> list[Path]:
 
 
 def check_links(html: Path) -> list[str]:
-    """Broken internal links of a built HTML folder, as "page: <tag attr=url>: why".
-
-    Every relative ``href``/``src`` must name a file inside ``html`` (a folder counts if it
-    has an index.html) and its ``#anchor``, on an HTML page, an ``id`` or ``<a name>`` of
-    that page. Links with a scheme (http:, mailto:, data:) are not followed; root-relative
-    links (``/x``) are broken: they break when the book is not served from a domain's root.
-    """
+    """Broken internal links of a built HTML folder, as "page: <tag attr=url>: why"."""
     html = Path(html).resolve()
     scans: dict[Path, _PageScan] = {}
     broken = []
@@ -555,7 +446,7 @@ def check_links(html: Path) -> list[str]:
             path, fragment = unquote(parts.path), unquote(parts.fragment)
             target = Path(os.path.normpath(page.parent / path)) if path else page
             target = target / "index.html" if target.is_dir() else target
-            if path.startswith("/"):
+            if path.startswith("/"):  # breaks unless the book is served from a domain's root
                 why = "root-relative link"
             elif not target.is_relative_to(html):
                 why = f"points outside {html}"
@@ -571,32 +462,27 @@ def check_links(html: Path) -> list[str]:
     return broken
 
 
-def remote_scripts(html: Path) -> list[str]:
-    """``<script src>`` that load from the network (http(s): or //host), as "page: url"."""
+def _remote(html: Path, urls: Callable[[_PageScan], list[str]]) -> list[str]:
     return [
         f"{page.relative_to(html).as_posix()}: {url}"
         for page in book_pages(Path(html))
-        for tag, attr, url in _PageScan(page).links
-        if tag == "script" and attr == "src" and _is_external(url)
-    ]
-
-
-def remote_stylesheets(html: Path) -> list[str]:
-    """``<link rel="stylesheet" href>`` that load from the network, as "page: url"."""
-    return [
-        f"{page.relative_to(html).as_posix()}: {url}"
-        for page in book_pages(Path(html))
-        for url in _PageScan(page).stylesheets
+        for url in urls(_PageScan(page))
         if _is_external(url)
     ]
 
 
-# ---------------------------------------------------------------------------- archive
+def remote_scripts(html: Path) -> list[str]:
+    """``<script src>`` that load from the network (http(s): or //host), as "page: url"."""
+    return _remote(html, lambda s: [u for t, a, u in s.links if t == "script" and a == "src"])
+
+
+def remote_stylesheets(html: Path) -> list[str]:
+    """``<link rel="stylesheet" href>`` that load from the network, as "page: url"."""
+    return _remote(html, lambda s: s.stylesheets)
 
 
 def archive_name(root: Path) -> str:
-    """``ntkrepro-book-<short commit>`` (``-dirty`` with uncommitted changes; ``nogit``
-    outside a git checkout)."""
+    """``ntkrepro-book-<short commit>[-dirty]``, or ``ntkrepro-book-nogit``."""
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -614,26 +500,17 @@ def archive_name(root: Path) -> str:
 
 
 def archive(html: Path, dest: Path, name: str) -> Path:
-    """Pack the built book ``html`` into ``<dest>/<name>.tar.gz``, every file under one
-    folder ``<name>/`` (open ``<name>/index.html``: nothing is loaded from the network);
-    return the archive's path.
-
-    Raises:
-        BuildError: if ``html`` has no index.html, or loads a script or style sheet from
-            the network (the archive would not be self-contained).
-    """
+    """Pack the self-contained built book ``html`` into ``<dest>/<name>.tar.gz``; return it."""
     import tarfile
 
     html = Path(html)
     if not (html / "index.html").is_file():
         raise BuildError(f"{html / 'index.html'} does not exist: build the book first")
-    remote = remote_scripts(html) + remote_stylesheets(html)
-    if remote:
+    if remote := remote_scripts(html) + remote_stylesheets(html):
         raise BuildError(f"{html} loads from the network:\n" + "\n".join(remote))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    target = dest / f"{name}.tar.gz"
-    partial = dest / f".{name}.tar.gz.partial"
+    target, partial = dest / f"{name}.tar.gz", dest / f".{name}.tar.gz.partial"
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:  # no build machine's user names
         info.uid = info.gid = 0

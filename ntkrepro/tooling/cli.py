@@ -1,18 +1,6 @@
 """The ``ntkrepro`` command: run figure notebooks under a profile and build the book.
 
-    ntkrepro list [--profile P] [--only PAPER[/FIGURE] ...]
-    ntkrepro run [--profile P] [--only PAPER[/FIGURE] ...] [-p NAME=VALUE ...] [--force]
-    ntkrepro book [--profile P] [--allow-stale]
-    ntkrepro publish [--profile P] [--dest DIR]
-
-``run`` executes each notebook with papermill (as ``papermill nb.ipynb out.ipynb -p profile
-P`` would), writes the executed notebook beside the figure's results (its checksum into
-``claim.json``) and skips figures whose results are current: same parameters, same code
-(notebook and the ntkrepro modules it imported), intact files. Stale, missing and corrupt
-results are recomputed; ``--force`` recomputes current ones too. ``--only`` takes figures
-(``lee2020/width``) and whole papers (``lee2020``: its chapter); an unknown name is refused
-before anything runs, with the known ones listed. ``publish`` packs the built book into
-``_build/ntkrepro-book-<commit>.tar.gz``. Also ``python -m ntkrepro.tooling.cli``.
+``run`` skips figures whose results are current (same parameters and code, intact files).
 """
 
 from __future__ import annotations
@@ -46,11 +34,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def _ipc_kernel_manager(folder: Path) -> type:
-    """A kernel manager that talks to the kernel over local IPC sockets in ``folder``.
-
-    Papermill's default (TCP on localhost, unencrypted) makes ipykernel >= 7 print a
-    security warning into every run; IPC sockets are files only this user can open.
-    """
+    """A kernel manager using IPC sockets in ``folder`` (over TCP, ipykernel >= 7 warns)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
@@ -67,12 +51,7 @@ def _ipc_kernel_manager(folder: Path) -> type:
 
 
 def _die_with_parent() -> None:
-    """In the kernel, before exec: get SIGKILL when the runner dies (Linux).
-
-    The kernel runs in its own session, so killing ``ntkrepro run`` (Ctrl-C twice, a job
-    scheduler's kill) would leave it computing; it would then publish a results folder
-    without the executed notebook, replacing the earlier complete one.
-    """
+    """In the kernel, before exec: die with the runner (Linux), lest it publish results alone."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -81,12 +60,7 @@ def _die_with_parent() -> None:
 
 
 def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
-    """Run one notebook with papermill; returns the executed notebook's path.
-
-    Parameters are validated first (no kernel is started for a bad one). The executed
-    notebook is written to a temporary name and moved beside the results only when the
-    run succeeded; a failed run leaves earlier results untouched.
-    """
+    """Run one notebook with papermill; return its path (a failed run leaves earlier results)."""
     import papermill
 
     config.resolve(key, profile, explicit)  # fail fast, before starting a kernel
@@ -121,13 +95,7 @@ def execute(key: str, profile: str, explicit: dict[str, Any]) -> Path:
 
 
 def _select(only: Sequence[str] | None) -> list[str]:
-    """The figures that ``--only`` names, in the order of :func:`ntkrepro.config.figures`:
-    each name is a figure ``PAPER/FIGURE`` or a paper ``PAPER`` (all its figures); all
-    figures without ``--only``.
-
-    Raises:
-        ParameterError: naming the unknown names and listing the known papers and figures.
-    """
+    """The figures that ``--only`` names (``PAPER/FIGURE`` or ``PAPER``), in config order."""
     known = config.figures()
     if not only:
         return known
@@ -183,15 +151,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _error_text(err: Exception) -> str:
-    """The error of a failed notebook in full (its message names the fix; papermill keeps
-    the notebook's exception name and message apart), else its last error line."""
+    """A failed notebook's error in full (its message names the fix), else its last error line."""
     ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
     if ename and evalue:
         return f"{ename}: {str(evalue).strip()[:3000]}"
     text = str(err).strip().splitlines()
-    return (
-        f"{type(err).__name__}: {([ln for ln in text if 'Error:' in ln] or text or [''])[-1][:500]}"
-    )
+    last = ([ln for ln in text if "Error:" in ln] or text or [""])[-1]
+    return f"{type(err).__name__}: {last[:500]}"
 
 
 def cmd_book(args: argparse.Namespace) -> int:
@@ -215,9 +181,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         path = book.archive(book.html_dir(args.profile, root), dest, book.archive_name(root))
     except book.BuildError as err:
-        print(
-            f"ntkrepro publish: {err} (`ntkrepro book --profile {args.profile}`)", file=sys.stderr
-        )
+        hint = f"(`ntkrepro book --profile {args.profile}`)"
+        print(f"ntkrepro publish: {err} {hint}", file=sys.stderr)
         return 1
     print(f"archive: {path} (unpack it and open index.html of its folder)")
     return 0
@@ -253,9 +218,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     commands = {"list": cmd_list, "run": cmd_run, "book": cmd_book, "publish": cmd_publish}
-    command = commands[args.command]
     try:
-        return command(args)
+        return commands[args.command](args)
     except config.ParameterError as err:
         print(f"ntkrepro: {err}", file=sys.stderr)
         return 2

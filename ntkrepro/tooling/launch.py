@@ -1,25 +1,8 @@
 """Launching the book's notebooks elsewhere: the repository URL, the Colab cell, Binder.
 
-The repository URL lives in one place, ``[project.urls] Repository`` of pyproject.toml
-(:func:`repository_url`); a fork changes that line. The book's staging writes it into the
-staged ``_config.yml`` (``repository.url``, which the launch buttons use), :func:`colab_cell`
-puts it into the first code cell of every notebook, and the tests check that README and
-``_config.yml`` name no other.
-
-- **Colab** opens a notebook from the repository with no ntkrepro installed. Every figure
-  notebook's first code cell (:func:`colab_cell`, tagged ``remove-cell``: the book does not
-  show it) installs it there: a clone of the repository (the notebooks read their own
-  parameters cell from ``notebooks/``), the two ``--no-deps`` packages of the Makefile's
-  ``NODEPS`` and ntkrepro itself. Where ``ntkrepro`` imports (the venv, Binder,
-  ``ntkrepro run``) the cell does nothing else. :func:`sync_notebooks` inserts or updates
-  the cell in every notebook (``make notebooks-sync``).
-- **Binder** (repo2docker) installs ``binder/requirements.txt`` (the pins of
-  constraints.txt, written by :func:`binder_requirements`; ``make binder``), then runs
-  ``binder/postBuild`` (the ``NODEPS`` installs and ``pip install -e .``), with the Python
-  of ``binder/runtime.txt``.
-
-    python -m ntkrepro.tooling.launch sync     # Colab cell into every notebook
-    python -m ntkrepro.tooling.launch binder   # binder/requirements.txt from constraints.txt
+The repository URL lives only in ``[project.urls] Repository`` of pyproject.toml (a fork
+changes that line). ``python -m ntkrepro.tooling.launch sync`` puts the Colab cell into
+every notebook; ``... binder`` writes binder/requirements.txt from constraints.txt.
 """
 
 from __future__ import annotations
@@ -37,7 +20,6 @@ from ntkrepro import config
 #: Tag of the Colab cell (besides ``remove-cell``): how :func:`ensure_colab_cell` finds it.
 COLAB_TAG = "colab-setup"
 COLAB_TAGS = [COLAB_TAG, "remove-cell"]
-#: First line of the Colab cell (a comment; the cell is recognised by its tag).
 COLAB_HEADER = "# Colab, or any Python without ntkrepro: install it. Elsewhere: does nothing."
 BINDER_HEADER = (
     "# Generated from constraints.txt by `make binder` (python -m ntkrepro.tooling.launch "
@@ -47,11 +29,7 @@ BINDER_HEADER = (
 
 
 def repository_url(root: Path | None = None) -> str:
-    """``[project.urls] Repository`` of ``<root>/pyproject.toml``, without a trailing slash.
-
-    Raises:
-        ValueError: if pyproject.toml names no such URL.
-    """
+    """``[project.urls] Repository`` of ``<root>/pyproject.toml``, without a trailing slash."""
     path = Path(root or config.repo_root()) / "pyproject.toml"
     with open(path, "rb") as f:
         urls = tomllib.load(f).get("project", {}).get("urls", {})
@@ -71,40 +49,31 @@ def nodeps_packages(root: Path | None = None) -> list[str]:
 
 
 def colab_cell(url: str, nodeps: Sequence[str] | None = None) -> str:
-    """Source of the first code cell of every figure notebook.
-
-    Where ``import ntkrepro`` works it does nothing more. Elsewhere (Colab) it clones
-    ``url`` into ``~/ntkrepro`` (the notebooks read their parameters cell from the
-    checkout's ``notebooks/``), installs ``nodeps`` (default: the Makefile's ``NODEPS``)
-    with ``--no-deps`` and the clone with ``pip install -e``, and puts the clone first on
-    ``sys.path`` (an editable install is only seen by a new process). It binds no public
-    name but ``ntkrepro`` (a module), so it is no parameter for ``ntkrepro.start``.
-    """
+    """Every figure notebook's first code cell: where ntkrepro does not import, install it."""
     nodeps = list(nodeps if nodeps is not None else nodeps_packages())
     pins = ", ".join(json.dumps(p) for p in nodeps)
-    return "\n".join(
-        [
-            COLAB_HEADER,
-            "try:",
-            "    import ntkrepro",
-            "except ImportError:",
-            "    import os",
-            "    import subprocess",
-            "    import sys",
-            "",
-            '    _src = os.path.expanduser("~/ntkrepro")',
-            "    if not os.path.isdir(_src):",
-            f"        _url = {json.dumps(url)}",
-            '        subprocess.run(["git", "clone", "--depth", "1", _url, _src], check=True)',
-            '    _pip = [sys.executable, "-m", "pip", "install", "-q"]',
-            f"    _nodeps = [{pins}]",
-            '    subprocess.run([*_pip, "--no-deps", *_nodeps], check=True)',
-            '    subprocess.run([*_pip, "-e", _src], check=True)',
-            "    sys.path.insert(0, _src)",
-            '    os.environ["NTKREPRO_ROOT"] = _src',
-            "    import ntkrepro  # noqa: F401",
-        ]
-    )
+    lines = [
+        COLAB_HEADER,
+        "try:",
+        "    import ntkrepro",
+        "except ImportError:",
+        "    import os",
+        "    import subprocess",
+        "    import sys",
+        "",
+        '    _src = os.path.expanduser("~/ntkrepro")',
+        "    if not os.path.isdir(_src):",
+        f"        _url = {json.dumps(url)}",
+        '        subprocess.run(["git", "clone", "--depth", "1", _url, _src], check=True)',
+        '    _pip = [sys.executable, "-m", "pip", "install", "-q"]',
+        f"    _nodeps = [{pins}]",
+        '    subprocess.run([*_pip, "--no-deps", *_nodeps], check=True)',
+        '    subprocess.run([*_pip, "-e", _src], check=True)',
+        "    sys.path.insert(0, _src)",  # an editable install is seen by new processes only
+        '    os.environ["NTKREPRO_ROOT"] = _src',
+        "    import ntkrepro  # noqa: F401",
+    ]
+    return "\n".join(lines)
 
 
 def is_colab_cell(cell: dict) -> bool:
@@ -112,10 +81,7 @@ def is_colab_cell(cell: dict) -> bool:
 
 
 def ensure_colab_cell(nb_path: Path, url: str, nodeps: Sequence[str] | None = None) -> bool:
-    """Make the first code cell of ``nb_path`` the Colab cell of ``url``: update it if it is
-    there (anywhere: it is moved first), else insert it before the first code cell. Other
-    cells and the notebook's formatting (nbformat's JSON, one space indent) are kept;
-    returns whether the file changed."""
+    """Make the Colab cell of ``url`` the first code cell of ``nb_path``; return if it changed."""
     nb_path = Path(nb_path)
     text = nb_path.read_text(encoding="utf-8")
     nb = json.loads(text)
@@ -127,22 +93,16 @@ def ensure_colab_cell(nb_path: Path, url: str, nodeps: Sequence[str] | None = No
         "id": (old or {}).get("id", "colab-setup"),
         "metadata": {"tags": list(COLAB_TAGS)},
         "outputs": [],
-        "source": _source_lines(colab_cell(url, nodeps)),
+        "source": colab_cell(url, nodeps).splitlines(keepends=True),  # as nbformat writes it
     }
     if nb.get("nbformat", 4) == 4 and nb.get("nbformat_minor", 0) < 5:
         del cell["id"]  # cell ids came with nbformat 4.5
     first_code = next((i for i, c in enumerate(cells) if c.get("cell_type") == "code"), len(cells))
     nb["cells"] = [*cells[:first_code], cell, *cells[first_code:]]
     new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
-    if new == text:
-        return False
-    nb_path.write_text(new, encoding="utf-8")
-    return True
-
-
-def _source_lines(source: str) -> list[str]:
-    """A cell source as nbformat writes it: lines with their newlines, the last without."""
-    return source.splitlines(keepends=True)
+    if new != text:
+        nb_path.write_text(new, encoding="utf-8")
+    return new != text
 
 
 def first_code_cells(nb: dict) -> list[dict]:
@@ -151,15 +111,11 @@ def first_code_cells(nb: dict) -> list[dict]:
 
 
 def sync_notebooks(root: Path | None = None) -> list[Path]:
-    """Insert or update the Colab cell (URL from pyproject.toml) in every figure notebook;
-    return the notebooks that changed."""
+    """Insert or update the Colab cell in every figure notebook; return those that changed."""
     root = Path(root or config.repo_root())
     url, nodeps = repository_url(root), nodeps_packages(root)
-    return [
-        config.notebook_path(key, root)
-        for key in config.figures(root)
-        if ensure_colab_cell(config.notebook_path(key, root), url, nodeps)
-    ]
+    paths = [config.notebook_path(key, root) for key in config.figures(root)]
+    return [path for path in paths if ensure_colab_cell(path, url, nodeps)]
 
 
 def constraint_pins(path: Path) -> list[str]:

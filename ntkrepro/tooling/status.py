@@ -1,11 +1,4 @@
-"""The reproduction-status page (MyST markdown) from the validated claims of one profile.
-
-The page opens with one compact table of every claim check (figure, verdict, the measured
-quantity beside its threshold), sortable in the browser: it carries the class
-:data:`DATATABLE_CLASS`, which ``sphinx-datatables`` turns into a DataTables table (served
-from the book itself; see :mod:`ntkrepro.tooling.book`). A table per figure with images
-and run details, then a section per figure, follow.
-"""
+"""The reproduction-status page (MyST markdown) from the validated claims of one profile."""
 
 from __future__ import annotations
 
@@ -19,19 +12,16 @@ from ntkrepro.claims import NOT_REPRODUCED, PARTLY, REPRODUCED, VERDICTS
 
 #: sphinx-design badge role per verdict: coloured, and the verdict is spelled out in it.
 BADGES = {REPRODUCED: "bdg-success", PARTLY: "bdg-warning", NOT_REPRODUCED: "bdg-danger"}
-#: Keys that staging adds to a claim for this page (not in claim.json): why the results
-#: are stale (only with ``allow_stale``), and the path of the figure's image.
+#: Keys that staging adds to a claim (not in claim.json): why it is stale, its image's path.
 STALE_KEY = "_stale"
 THUMBNAIL_KEY = "_thumbnail"
 STALE = "{bdg-warning}`STALE`"
 #: The class that sphinx-datatables makes sortable (``datatables_class`` in _config.yml).
 DATATABLE_CLASS = "sphinx-datatable"
-#: Header of the checks table (:func:`checks_table`).
 #: An empty cell: "-" (DataTables' empty value), escaped (a bare "-" starts a list).
 EMPTY_CELL = "\\-"
 CHECKS_HEADER = ("Figure (claim)", "Verdict", "Quantity", "Measured", "Op", "Threshold", "Set by")
-# Characters with a meaning in MyST inline syntax; escaped with a backslash, which CommonMark
-# allows before any ASCII punctuation, so that claim text is shown literally.
+# MyST inline syntax, escaped (CommonMark allows "\\" before any ASCII punctuation).
 _MD_SPECIAL = set("\\`*_{}[]<>#|$~%&!^+:=")
 
 
@@ -95,12 +85,10 @@ def _page_link(fig: dict) -> str:
 
 
 def _measured(claim: dict, primary_only: bool = False) -> str:
-    """``name`` = value of each measured number; with ``primary_only`` only the compared
-    quantity (``quantity``, else the first word of ``check``), to keep the summary narrow."""
+    """``name`` = value of each measured number, or only the compared one (narrow summary)."""
     items = list(claim["measured"].items())
-    if primary_only:
-        name = claim.get("quantity") or str(claim.get("check", "")).split(" ")[0]
-        items = [(k, v) for k, v in items if k == name] or items[:1]
+    if primary_only and items:
+        items = [check_quantity(claim)]
     return ", ".join(f"{md_code(k)} = {md_inline(format_value(v))}" for k, v in items)
 
 
@@ -120,8 +108,7 @@ def _list_table(
 
 
 def check_quantity(check: dict) -> tuple[str, Any]:
-    """The compared quantity of a check and its measured value: ``quantity`` (else the first
-    word of ``check``) and ``measured[quantity]`` (else the first measured number)."""
+    """The compared quantity of a check (else the first word of ``check``) and its value."""
     name = check.get("quantity") or str(check.get("check", "")).split(" ")[0]
     measured = check.get("measured", {})
     if name in measured:
@@ -138,41 +125,31 @@ def check_op(check: dict) -> str:
 
 
 def _cell_number(value: Any) -> str:
-    """A table cell of a number, plain (DataTables sorts a column numerically when every
-    cell is a number or "-", its empty value)."""
+    """A plain number cell (DataTables sorts numerically if every cell is a number or "-")."""
     return EMPTY_CELL if value is None else md_text(format_value(value))
 
 
 def checks_table(claims: Sequence[dict]) -> list[str]:
-    """One row per claim check of every figure (:data:`CHECKS_HEADER`): the figure (link to
-    its page) and claim id, the check's verdict, the compared quantity, its measured value,
-    the comparison, the threshold and the notebook parameter that holds it. Sortable."""
+    """The sortable table of every figure's claim checks, one per row (:data:`CHECKS_HEADER`)."""
     rows = []
     for fig in claims:
         key = f"{fig['paper']}/{fig['figure']}"
         for c in fig["claims"]:
-            name, value = check_quantity(c)
-            op = check_op(c)
+            (name, value), op = check_quantity(c), check_op(c)
             link = f"[{md_text(key)}](../notebooks/{key}.ipynb) ({md_text(c['id'])})"
             rows.append(
                 [link, _badge(c["verdict"]), md_code(name), _cell_number(value)]
                 + [md_code(op) if op else EMPTY_CELL, _cell_number(c.get("threshold"))]
-                + [
-                    md_code(c["threshold_parameter"])
-                    if c.get("threshold_parameter")
-                    else EMPTY_CELL
-                ]
+                + [md_code(param) if (param := c.get("threshold_parameter")) else EMPTY_CELL]
             )
     return _list_table(CHECKS_HEADER, rows, "auto", DATATABLE_CLASS)
 
 
 def _summary_row(fig: dict) -> list[str]:
-    """Three cells (more do not fit the theme's text width): the figure (link, image,
-    verdict, run), the paper's claims, the measured numbers."""
+    """Three cells (more do not fit the theme's text width): figure, claims, measured."""
     prov = fig["provenance"]
-    cell = [_page_link(fig)] + (
-        [f"![figure]({fig[THUMBNAIL_KEY]})"] if THUMBNAIL_KEY in fig else []
-    )
+    image = [f"![figure]({fig[THUMBNAIL_KEY]})"] if THUMBNAIL_KEY in fig else []
+    cell = [_page_link(fig), *image]
     cell += [_badge(fig["verdict"])] + ([STALE] if fig.get(STALE_KEY) else [])
     cell += [
         f"profile {md_code(fig['profile'])}",
@@ -194,20 +171,16 @@ def _figure_details(fig: dict) -> list[str]:
     lines = [f"### {md_text(key)}: {md_text(fig['title'])}", ""]
     lines += [f"Page: {_page_link(fig)}. Verdict: {_badge(fig['verdict'])}.", ""]
     if fig.get(STALE_KEY):
-        lines += [
-            f"{STALE} These results no longer match the notebook: {md_text(fig[STALE_KEY])}. "
-            f"Rerun: {md_code(rerun_command(fig['profile'], key))}.",
-            "",
-        ]
+        rerun = md_code(rerun_command(fig["profile"], key))
+        why = md_text(fig[STALE_KEY])
+        lines += [f"{STALE} These results no longer match the notebook: {why}. Rerun: {rerun}.", ""]
     if fig.get(THUMBNAIL_KEY):  # a directive option is literal text: no markdown escapes
         lines += ["```{image} " + fig[THUMBNAIL_KEY], f":alt: figure of {key}", ":width: 560px"]
         lines += ["```", ""]
     deviations = [f"- {md_text(d)}" for d in fig["deviations"]]
     lines += [f"Scale: {md_text(fig['scale'])}", ""]
-    if deviations:
-        lines += ["Deviations from the paper:", "", *deviations, ""]
-    else:
-        lines += ["Deviations from the paper: none.", ""]
+    none = ["Deviations from the paper: none.", ""]
+    lines += ["Deviations from the paper:", "", *deviations, ""] if deviations else none
     header = ["Claim", "Paper's claim", "Check", "Measured", "Threshold", "Verdict"]
     rows = [
         [md_text(c["id"]), md_text(c["paper_claim"]), md_code(c["check"]), _measured(c)]
@@ -250,11 +223,8 @@ def render_status(claims: list[dict], profile: str) -> str:
     lines += [f"{len(claims)} figure(s): {counts}.", ""]
     stale = [f"{c['paper']}/{c['figure']}" for c in claims if c.get(STALE_KEY)]
     if stale:
-        lines += [
-            f"{STALE} {len(stale)} figure(s) show results whose parameters or code no longer "
-            f"match the notebook: {md_text(', '.join(stale))}.",
-            "",
-        ]
+        text = f"{STALE} {len(stale)} figure(s) show results whose parameters or code no longer "
+        lines += [text + f"match the notebook: {md_text(', '.join(stale))}.", ""]
     lines += ["## Checks", "", "Every claim check, one per row; click a header to sort.", ""]
     lines += [*checks_table(claims), ""]
     header = ["Figure, verdict and run", "Paper's claim", "Measured"]
