@@ -20,7 +20,8 @@ STALE = "{bdg-warning}`STALE`"
 DATATABLE_CLASS = "sphinx-datatable"
 #: An empty cell: "-" (DataTables' empty value), escaped (a bare "-" starts a list).
 EMPTY_CELL = "\\-"
-CHECKS_HEADER = ("Figure (claim)", "Verdict", "Quantity", "Measured", "Op", "Threshold", "Set by")
+#: Five columns fit the theme's text width; the check names the quantity, op and parameter.
+CHECKS_HEADER = ("Figure (claim)", "Verdict", "Measured", "Check", "Threshold")
 # MyST inline syntax, escaped (CommonMark allows "\\" before any ASCII punctuation).
 _MD_SPECIAL = set("\\`*_{}[]<>#|$~%&!^+:=")
 
@@ -116,14 +117,6 @@ def check_quantity(check: dict) -> tuple[str, Any]:
     return next(iter(measured.items()), (name, None))
 
 
-def check_op(check: dict) -> str:
-    """The comparison of a check: ``op``, else the operator written in ``check``."""
-    if check.get("op"):
-        return str(check["op"])
-    found = re.search(r"(<=|>=|<|>|==)", str(check.get("check", "")))
-    return found.group(1) if found else ""
-
-
 def _cell_number(value: Any) -> str:
     """A plain number cell (DataTables sorts numerically if every cell is a number or "-")."""
     return EMPTY_CELL if value is None else md_text(format_value(value))
@@ -135,12 +128,11 @@ def checks_table(claims: Sequence[dict]) -> list[str]:
     for fig in claims:
         key = f"{fig['paper']}/{fig['figure']}"
         for c in fig["claims"]:
-            (name, value), op = check_quantity(c), check_op(c)
+            _, value = check_quantity(c)
             link = f"[{md_text(key)}](../notebooks/{key}.ipynb) ({md_text(c['id'])})"
             rows.append(
-                [link, _badge(c["verdict"]), md_code(name), _cell_number(value)]
-                + [md_code(op) if op else EMPTY_CELL, _cell_number(c.get("threshold"))]
-                + [md_code(param) if (param := c.get("threshold_parameter")) else EMPTY_CELL]
+                [link, _badge(c["verdict"]), _cell_number(value), md_code(c["check"])]
+                + [_cell_number(c.get("threshold"))]
             )
     return _list_table(CHECKS_HEADER, rows, "auto", DATATABLE_CLASS)
 
