@@ -384,8 +384,11 @@ def test_status_opens_with_one_sortable_checks_table() -> None:
     rows = table.split("\n* - ")[2:]
     assert len(rows) == 2
     cells = [[c.strip() for c in r.split("\n  - ")] for r in rows]
-    assert cells[0][2:] == ["0\\.01235", "`max_n |acc_net(widest) - acc_NTK| <= 0.03`", "0\\.03"]
-    assert cells[1][2:] == ["\\-", "`mean(acc_NNGP - acc_NTK) > 0`", "0"]
+    assert cells[0][2:] == [
+        "0\\.01235",
+        status.md_text("max_n |acc_net(widest) - acc_NTK| <= 0.03"),
+    ]
+    assert cells[1][2:] == ["\\-", status.md_text("mean(acc_NNGP - acc_NTK) > 0")]
     assert f"(../notebooks/{KEY}.ipynb) (a)" in cells[0][0]
 
 

@@ -44,6 +44,9 @@ TABLES_CSS = (
     "table.sphinx-datatable { font-size: 0.85rem; }\n"
     "table.sphinx-datatable th, table.sphinx-datatable td { padding: 0.3rem 0.4rem !important; }\n"
     "table.sphinx-datatable th { padding-right: 1.4rem !important; }\n"
+    # Columns share the text width; long names (figure keys, quantities) wrap anywhere.
+    "table.sphinx-datatable { table-layout: fixed; width: 100% !important; }\n"
+    "table.sphinx-datatable td { overflow-wrap: anywhere; }\n"
 )
 #: Result files offered for download beside each figure (besides claim.json).
 DOWNLOAD_SUFFIXES = (".json", ".npz", ".csv", ".pdf")
