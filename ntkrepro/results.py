@@ -570,9 +570,13 @@ def _recover(final: Path) -> None:
 
 
 def _display_markdown(text: str) -> None:
+    """Rendered in a notebook; printed as text in a plain Python script."""
     try:
+        from IPython import get_ipython
         from IPython.display import Markdown, display
     except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
         print(text)
         return
     display(Markdown(text))
