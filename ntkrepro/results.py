@@ -302,6 +302,8 @@ class Run:
     params: Params
     final_dir: Path
     checks: list[dict[str, Any]] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    method_checks: list[dict[str, Any]] = field(default_factory=list)
     lock: object = field(default=None, repr=False)
     started: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     t0: float = field(default_factory=time.perf_counter)
@@ -322,9 +324,24 @@ class Run:
     def profile(self) -> str:
         return self.params["profile"]
 
-    def key_for(self, name: str):
-        """``jax.random`` key for a named draw, from the root ``seed`` parameter."""
-        return seed_key(self.params["seed"], name)
+    def key_for(self, name: str, replicate: int = 0):
+        """``jax.random`` key for a named draw, from the root ``seed`` parameter.
+
+        ``replicate`` r > 0 names the draw of the r-th repetition of the experiment
+        (``"<name>/replicate<r>"``); replicate 0 is the plain name, so a run with one
+        seed draws what it drew before seeds were repeated.
+        """
+        return seed_key(
+            self.params["seed"], name if not replicate else f"{name}/replicate{replicate}"
+        )
+
+    @property
+    def replicates(self) -> range:
+        """The repetitions of the stochastic part: ``range(n_seeds)`` (one without it)."""
+        n = self.params.get("n_seeds", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ParameterError(f"n_seeds={n!r} must be a positive integer")
+        return range(n)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -392,10 +409,79 @@ class Run:
 
         save(fig, self.dir, name)
 
+    def _threshold(self, what: str, check_id: str, threshold: str) -> Any:
+        if threshold not in self.params:
+            raise ParameterError(
+                f"{what} {check_id!r}: threshold {threshold!r} is not a parameter of {self.key}; "
+                "add it to the parameters cell"
+            )
+        taken = [c["id"] for c in (*self.checks, *self.gates, *self.method_checks)]
+        if check_id in taken:
+            raise ValueError(f"{what} {check_id!r} is recorded twice")
+        return self.params[threshold]
+
     def check(
         self,
         claim_id: str,
         paper_claim: str,
+        estimate,
+        op: str,
+        threshold: str,
+        *,
+        name: str,
+        measured: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the claim check ``estimate op p[threshold]``; the verdict follows from the
+        estimate's 95% interval. The threshold is given by the name of its parameter, so it
+        provably comes from the parameters cell.
+
+        Args:
+          claim_id, paper_claim: the check's id ("a") and the paper's claim in words.
+          estimate: an :class:`ntkrepro.intervals.Estimate` (``over_seeds``, ``bootstrap``);
+            ``name``: what it measures (e.g. ``"max_gap"``).
+          op: ``<=``, ``<``, ``>=`` or ``>``.
+          threshold: a parameter's name, e.g. ``"tolerance"``.
+          measured: further numbers recorded beside the estimate.
+        """
+        from ntkrepro import claims
+
+        t = self._threshold("check", claim_id, threshold)
+        self.checks.append(
+            claims.compare(
+                claim_id, paper_claim, name, estimate, op, t,
+                threshold_parameter=threshold, measured=measured,
+            )
+        )  # fmt: skip
+
+    def gate(
+        self,
+        gate_id: str,
+        condition: str,
+        value: float,
+        op: str,
+        threshold: str,
+        *,
+        name: str,
+        applies_to: Sequence[str] | None = None,
+        measured: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the validity gate ``value op p[threshold]``: the condition under which the
+        claim checks ``applies_to`` (default: all) test the paper's claim. A failed gate
+        makes them *invalid at this scale* when the run finishes."""
+        from ntkrepro import claims
+
+        t = self._threshold("gate", gate_id, threshold)
+        self.gates.append(
+            claims.gate(
+                gate_id, condition, name, value, op, t,
+                threshold_parameter=threshold, applies_to=applies_to, measured=measured,
+            )
+        )  # fmt: skip
+
+    def method_check(
+        self,
+        check_id: str,
+        verifies: str,
         value: float,
         op: str,
         threshold: str,
@@ -403,37 +489,17 @@ class Run:
         name: str,
         measured: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record the claim check ``value op p[threshold]``: the threshold is given by the
-        name of its parameter, so it provably comes from the parameters cell.
-
-        Args:
-          claim_id, paper_claim: the check's id ("a") and the paper's claim in words.
-          value: the measured number; ``name``: what it is (e.g. ``"max_gap"``).
-          op: ``<=``, ``<``, ``>=`` or ``>``.
-          threshold: a parameter's name, e.g. ``"tolerance"``.
-          measured: further numbers recorded beside ``value``.
-        """
+        """Record the method check ``value op p[threshold]``: it verifies a tool or an
+        identity (``verifies``, in words), passes or fails, and is never a claim."""
         from ntkrepro import claims
 
-        if threshold not in self.params:
-            raise ParameterError(
-                f"check {claim_id!r}: threshold {threshold!r} is not a parameter of {self.key}; "
-                "add it to the parameters cell"
+        t = self._threshold("method check", check_id, threshold)
+        self.method_checks.append(
+            claims.method_check(
+                check_id, verifies, name, value, op, t,
+                threshold_parameter=threshold, measured=measured,
             )
-        if any(c["id"] == claim_id for c in self.checks):
-            raise ValueError(f"check {claim_id!r} is recorded twice")
-        self.checks.append(
-            claims.compare(
-                claim_id,
-                paper_claim,
-                name,
-                value,
-                op,
-                self.params[threshold],
-                threshold_parameter=threshold,
-                measured=measured,
-            )
-        )
+        )  # fmt: skip
 
     def finish(
         self,
@@ -445,24 +511,27 @@ class Run:
     ) -> None:
         """Write ``claim.json`` and show the checks; then publish the results folder.
 
-        ``claim.json`` holds the checks (default: those recorded by :meth:`check`), the
-        verdict, the title (default: the notebook's H1), the scale (default: the
-        parameters that the figure's ``paper`` profile names), the deviations from the
-        paper (the parameters that differ from its ``paper`` profile, then the
-        ``deviations`` given here: those no parameter expresses), the provenance and the
-        SHA-256 of every other result file. Written last, so a ``claim.json`` exists only
-        for a run that got to the end; the folder replaces the previous one in one rename.
+        ``claim.json`` holds the claim checks (default: those recorded by :meth:`check`)
+        with the gates applied to them, the gates, the method checks, the verdict, the
+        title (default: the notebook's H1), the scale (default: the parameters that the
+        figure's ``paper`` profile names), the deviations from the paper (the parameters
+        that differ from its ``paper`` profile, then the ``deviations`` given here: those
+        no parameter expresses), the provenance and the SHA-256 of every other result
+        file. Written last, so a ``claim.json`` exists only for a run that got to the end;
+        the folder replaces the previous one in one rename.
         """
         from ntkrepro import claims
 
-        checks = list(self.checks if checks is None else checks)
+        checks = claims.apply_gates(self.checks if checks is None else checks, self.gates)
         record = {
             "paper": self.paper,
             "figure": self.figure,
             "title": title or notebook_title(self.key),
             "profile": self.profile,
-            "verdict": claims.overall(checks),
+            "verdict": claims.overall(checks, self.method_checks),
             "claims": checks,
+            "gates": self.gates,
+            "method_checks": self.method_checks,
             "scale": scale if scale is not None else scale_line(self.key, self.params),
             "deviations": [*paper_deviations(self.key, self.params), *deviations],
             "provenance": self.record(),
@@ -470,7 +539,9 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         record["checksums"] = {p.name: sha256_file(p) for p in result_files(self.dir)}
         write_claim(self.dir, json.loads(json.dumps(record, default=jsonable)))
-        _display_markdown(claims.as_markdown(checks, record["scale"]))
+        _display_markdown(
+            claims.as_markdown(checks, record["scale"], self.gates, self.method_checks)
+        )
         _publish(self.dir, self.final_dir)
         _unlock(self.final_dir.with_name(f".{self.final_dir.name}.lock"), self.lock)
 

@@ -106,6 +106,9 @@ def fake_claim(profile: str = "cpu") -> dict:
                 "check": "max_n |acc_net(widest) - acc_NTK| <= 0.03",
                 "measured": {"max_gap": 0.0123456, "widths": [64, 128, 256]},
                 "threshold": 0.03,
+                "interval": [0.008, 0.017],
+                "interval_method": "t-interval over 5 seeds",
+                "n": 5,
                 "verdict": "reproduced",
             },
             {
@@ -114,6 +117,9 @@ def fake_claim(profile: str = "cpu") -> dict:
                 "check": "mean(acc_NNGP - acc_NTK) > 0",
                 "measured": {"mean_diff": -0.004},
                 "threshold": 0,
+                "interval": [-0.009, -0.001],
+                "interval_method": "paired bootstrap over 1000 test examples (2000 resamples)",
+                "n": 1000,
                 "verdict": "not reproduced",
             },
         ],
@@ -338,11 +344,10 @@ def test_schema_is_valid_and_speaks_the_verdicts_of_claims() -> None:
 
     schema = json.loads((Path(claims.__file__).with_name("claim.schema.json")).read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert tuple(schema["$defs"]["verdict"]["enum"]) == claims.VERDICTS
-    assert set(schema["$defs"]["check"]["properties"]["verdict"]["enum"]) == {
-        claims.REPRODUCED,
-        claims.NOT_REPRODUCED,
-    }
+    assert tuple(schema["$defs"]["verdict"]["enum"]) == claims.FIGURE_VERDICTS
+    assert tuple(schema["$defs"]["check"]["properties"]["verdict"]["enum"]) == (
+        claims.CHECK_VERDICTS
+    )
 
 
 def test_schema_accepts_the_new_check_fields_and_peak_memory() -> None:

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntkrepro import config, files, results
+from ntkrepro import claims, config, files, results
 from ntkrepro.config import ParameterError
 
 KEY = "lee2020/kernels_vs_networks"
@@ -102,11 +102,13 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
 
 def test_finish_publishes_only_complete_runs(results_dir):
     from ntkrepro.claims import compare
+    from ntkrepro.intervals import Estimate
 
+    EST = Estimate(1.0, 0.9, 1.1, "t-interval over 3 seeds", 3)  # noqa: N806
     r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
     r.save_json("numbers", {"x": [1, 2]})
     assert not r.final_dir.exists(), "results must not appear before finish()"
-    r.finish([compare("a", "claim", "x", 1.0, "<=", 2.0)], title="t", scale="s", deviations=[])
+    r.finish([compare("a", "claim", "x", EST, "<=", 2.0)], title="t", scale="s", deviations=[])
     assert (r.final_dir / "claim.json").exists() and not r.dir.exists()
     first = json.loads((r.final_dir / "numbers.json").read_text())
     assert first["provenance"]["parameters"]["profile"] == "smoke"
@@ -149,21 +151,56 @@ def test_params_read_as_attributes_and_stay_read_only():
 
 
 def test_check_takes_its_threshold_by_parameter_name(results_dir):
+    from ntkrepro.intervals import Estimate
+
+    small = Estimate(0.01, 0.005, 0.015, "t-interval over 3 seeds", 3)
     r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
-    r.check("a", "claim", 0.01, "<=", "tolerance", name="max_gap")
+    r.check("a", "claim", small, "<=", "tolerance", name="max_gap")
     (c,) = r.checks
     assert c["threshold"] == r.params.tolerance and c["threshold_parameter"] == "tolerance"
     assert c["check"] == f"max_gap <= tolerance = {r.params.tolerance:g}"
-    assert c["verdict"] == "reproduced"
+    assert c["verdict"] == "reproduced" and c["interval"] == [0.005, 0.015]
     with pytest.raises(ParameterError, match="'tolerence' is not a parameter"):
-        r.check("b", "claim", 0.01, "<=", "tolerence", name="max_gap")
+        r.check("b", "claim", small, "<=", "tolerence", name="max_gap")
     with pytest.raises(ValueError, match="recorded twice"):
-        r.check("a", "claim", 0.01, "<=", "tolerance", name="max_gap")
+        r.check("a", "claim", small, "<=", "tolerance", name="max_gap")
+    with pytest.raises(ValueError, match="recorded twice"):
+        r.gate("a", "a gate may not reuse a check's id", 1.0, ">=", "tolerance", name="x")
+    with pytest.raises(TypeError, match="95% interval"):
+        r.check("c", "claim", 0.01, "<=", "tolerance", name="max_gap")
+
+
+def test_a_failed_gate_makes_the_figure_invalid_at_this_scale(results_dir):
+    from ntkrepro.intervals import Estimate
+
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    r.check("a", "claim", Estimate(1.0, 0.9, 1.1, "m", 3), ">=", "tolerance", name="x")
+    r.gate("fit", "the network fits its data", 0.5, "<=", "tolerance", name="train_loss")
+    r.method_check("m", "an identity", 2.0, "<=", "tolerance", name="err")
+    r.finish(deviations=[])
+    claim = json.loads((r.final_dir / "claim.json").read_text())
+    assert claim["verdict"] == "invalid at this scale"
+    assert claim["claims"][0]["failed_gates"] == ["fit"]
+    assert claim["claims"][0]["interval_verdict"] == "reproduced"
+    assert claim["gates"][0]["verdict"] == "failed"
+    assert claim["method_checks"][0]["verdict"] == "failed"
+    assert claims.schema_problems(claim) == []
+
+
+def test_replicates_derive_keys_by_name(results_dir):
+    r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
+    assert list(r.replicates) == [0]  # no n_seeds parameter: one run
+    k0, k1 = r.key_for("init"), r.key_for("init", replicate=1)
+    assert (k0 == config.seed_key(r.params.seed, "init")).all()
+    assert not (k0 == k1).all()
+    assert (k1 == config.seed_key(r.params.seed, "init/replicate1")).all()
 
 
 def test_finish_derives_title_scale_and_deviations_from_the_notebook_and_paper(results_dir):
+    from ntkrepro.intervals import Estimate
+
     r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
-    r.check("a", "claim", 0.5, ">=", "tolerance", name="x")
+    r.check("a", "claim", Estimate(0.5, 0.4, 0.6, "m", 3), ">=", "tolerance", name="x")
     r.finish(deviations=["one initialization per width"])
     claim = json.loads((r.final_dir / "claim.json").read_text())
     nb = json.loads(config.notebook_path(KEY).read_text())

@@ -25,7 +25,10 @@ import pytest
 
 from ntkrepro import config, kernels, memory, models, plotting, predict, results
 from ntkrepro.claims import compare
+from ntkrepro.intervals import Estimate
 from ntkrepro.tooling import cli
+
+EST = Estimate(1.0, 0.9, 1.1, "t-interval over 3 seeds", 3)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "fake/fig"
@@ -46,6 +49,7 @@ import numpy as np
 import ntkrepro
 from ntkrepro import plotting
 from ntkrepro.claims import compare
+from ntkrepro.intervals import over_seeds
 
 run = ntkrepro.start("fake/fig", globals())
 p = run.params
@@ -59,7 +63,7 @@ fig, ax = plotting.subplots()
 ax.plot(x, "o-")
 run.save_figure(fig)
 run.finish(
-    [compare("a", "mean |x| is positive", "mean_abs", float(np.abs(x).mean()), ">", 0.0)],
+    [compare("a", "mean |x| is positive", "mean_abs", over_seeds(np.abs(x)), ">", 0.0)],
     title="Fake figure",
     scale="tiny",
     deviations=[],
@@ -132,7 +136,7 @@ def _make_results(profile: str = "smoke", **explicit) -> Path:
     ax.plot(x)
     r.save_figure(fig)
     matplotlib.pyplot.close(fig)
-    r.finish([compare("a", "claim", "x", 1.0, "<=", 2.0)], title="t", scale="s", deviations=[])
+    r.finish([compare("a", "claim", "x", EST, "<=", 2.0)], title="t", scale="s", deviations=[])
     executed = r.final_dir / "fig.ipynb"
     executed.write_text(json.dumps(_notebook("", "")))
     results.seal_notebook(r.final_dir, executed)
@@ -327,7 +331,7 @@ def test_a_run_started_again_in_the_same_process_takes_its_lock_over(project: Pa
     first = results.start(FAKE, {"profile": "smoke"})
     again = results.start(FAKE, {"profile": "smoke"})  # a re-run setup cell
     again.save_json("numbers", {"x": [1]})
-    again.finish([compare("a", "c", "x", 1.0, "<=", 2.0)], title="t", scale="s")
+    again.finish([compare("a", "c", "x", EST, "<=", 2.0)], title="t", scale="s")
     assert (again.final_dir / "claim.json").is_file() and first.lock is not again.lock
     results.start(FAKE, {"profile": "smoke"})  # the lock was released by finish
 
@@ -384,7 +388,7 @@ def test_missing_result_file_is_detected(project: Path) -> None:
 
 def test_results_without_executed_notebook_are_missing(project: Path) -> None:
     r = results.start(FAKE, {"profile": "smoke"})  # a run outside `ntkrepro run`
-    r.finish([compare("a", "c", "x", 1.0, "<=", 2.0)], title="t", scale="s", deviations=[])
+    r.finish([compare("a", "c", "x", EST, "<=", 2.0)], title="t", scale="s", deviations=[])
     state, reason = _state()
     assert state == "missing" and "no executed notebook" in reason
 
