@@ -52,6 +52,8 @@ MEANINGS = {
     INVALID: "a validity gate failed for every claim check: the setup did not test the "
     "claim at this scale (e.g. the network never fitted its training set)",
     METHOD_PASSED: "the figure verifies our tools or an identity, not a claim of the paper",
+    METHOD_FAILED: "the figure verifies our tools or an identity, and one of its method "
+    "checks failed",
 }
 
 _OPS = {

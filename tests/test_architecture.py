@@ -6,7 +6,7 @@ the reproduction layer):
 - leaves: ``compat``, ``errors``, ``files``, ``memo``, ``progress``, ``memory`` (import
   only each other);
 - science (no I/O but the data loaders): ``models``, ``kernels``, ``predict``,
-  ``metrics``, ``train``, ``meanfield``, ``data``, ``datasets``, ``nad``;
+  ``metrics``, ``intervals``, ``train``, ``meanfield``, ``data``, ``datasets``, ``nad``;
 - reproduction: ``config``, ``claims``, ``results``, ``plotting``, ``measure``;
 - tooling (never imported by notebooks): ``ntkrepro.tooling.*``.
 """
@@ -24,7 +24,7 @@ PACKAGE = ROOT / "ntkrepro"
 LAYERS = {
     "leaves": {"compat", "errors", "files", "memo", "progress", "memory"},
     "science": {"models", "kernels", "predict", "metrics", "train", "meanfield", "data"}
-    | {"datasets", "nad"},
+    | {"datasets", "nad", "intervals"},
     "reproduction": {"__init__", "config", "claims", "results", "plotting", "measure"},
     "tooling": {"tooling"},
 }

@@ -375,9 +375,106 @@ def test_render_status_shows_claims_numbers_verdicts_and_links() -> None:
     assert "`max_n |acc_net(widest) - acc_NTK| <= 0.03`" in text  # the check, verbatim
     assert "2026-11-23" in text and "1.59 min" in text and "device cpu" in text
     assert "profile `cpu`" in text
-    assert "0 reproduced, 1 partly reproduced, 0 not reproduced" in text
+    # Counted over figures and over claim checks (a check is never "partly reproduced").
+    assert "| {bdg-success}`reproduced` | 0 | 1 |" in text
+    assert "| {bdg-warning}`partly reproduced` | 1 | \\- |" in text
+    assert "| {bdg-danger}`not reproduced` | 0 | 1 |" in text
+    assert "| {bdg-dark}`invalid at this scale` | 0 | 0 |" in text
+    # Each check's value with its 95% interval and how the interval was made.
+    assert "0\\.01235 \\[0.008, 0.017\\]" in text and "t-interval over 5 seeds" in text
+    assert "\\-0.004 \\[-0.009, -0.001\\]" in text
+    assert "paired bootstrap over 1000 test examples (2000 resamples)" in text
     assert status.md_text("CIFAR-10 -> MNIST (not installable offline)") in text
     assert '"widths": [' in text  # parameters of the run
+
+
+def test_render_status_says_what_each_outcome_means_once() -> None:
+    text = status.render_status([fake_claim()], "cpu")
+    for verdict in claims.VERDICTS:
+        assert text.count(status.md_text(claims.MEANINGS[verdict])) == 1, verdict
+    assert status.md_text(claims.MEANINGS[claims.METHOD_PASSED]) in text
+
+
+def test_badges_cover_every_outcome_in_distinct_colours() -> None:
+    outcomes = (*claims.FIGURE_VERDICTS, *claims.CHECK_VERDICTS, claims.PASSED, claims.FAILED)
+    assert set(outcomes) <= set(status.BADGES)
+    verdicts = [status.BADGES[v] for v in claims.VERDICTS]
+    assert len(set(verdicts)) == len(verdicts)
+    assert status.BADGES[claims.REPRODUCED] == "bdg-success"
+    assert status.BADGES[claims.NOT_REPRODUCED] == "bdg-danger"
+    assert status.BADGES[claims.PARTLY] == "bdg-warning"
+    # Gates and method checks are not claims: outlined, never a filled "reproduced" badge.
+    assert status.BADGES[claims.PASSED] != status.BADGES[claims.REPRODUCED]
+
+
+def _gated_claim() -> dict:
+    """fake_claim with one failed gate on check (a), a passed gate on all, a method check."""
+    fit = claims.gate(
+        "fit", "the network fits its training set (the paper: 100% train accuracy)",
+        "min_train_acc", 0.912, ">=", 0.99, threshold_parameter="train_acc_min",
+        applies_to=["a"],
+    )  # fmt: skip
+    finite = claims.gate("finite", "training did not diverge", "max_loss", 0.3, "<", 1e6)
+    identity = claims.method_check(
+        "m", "the linearized update equals a Gauss-Newton step", "max_rel_error", 3.2e-7,
+        "<=", 1e-5, threshold_parameter="identity_tol",
+    )  # fmt: skip
+    data = fake_claim()
+    data["gates"], data["method_checks"] = [fit, finite], [identity]
+    data["claims"] = claims.apply_gates(data["claims"], data["gates"])
+    data["verdict"] = claims.overall(data["claims"], data["method_checks"])
+    assert claims.schema_problems(data) == []
+    return data
+
+
+def _outcome_row(text: str, outcome: str) -> list[str]:
+    """The cells of the outcomes table's row for ``outcome``."""
+    row = next(ln for ln in text.splitlines() if ln.startswith(f"| {status._badge(outcome)} |"))
+    return [c.strip() for c in row.strip("|").split(" | ")]
+
+
+def test_status_shows_a_failed_gate_as_invalid_with_its_number() -> None:
+    data = _gated_claim()
+    checks = {c["id"]: c for c in data["claims"]}
+    assert checks["a"]["verdict"] == claims.INVALID  # its interval alone: reproduced
+    data["claims"] = [checks["a"]]  # only the gated check: the figure is invalid
+    data["verdict"] = claims.overall(data["claims"], data["method_checks"])
+    assert data["verdict"] == claims.INVALID
+    text = status.render_status([data], "cpu")
+    assert f"Verdict: {{bdg-dark}}`{claims.INVALID}`." in text  # the figure's verdict
+    assert _outcome_row(text, claims.INVALID)[1:3] == ["1", "1"]
+    assert _outcome_row(text, claims.REPRODUCED)[1:3] == ["0", "0"]
+    # The failed gate with the number it measured and the bound it missed.
+    assert "gate fit failed: `min_train_acc` = 0.912 (needs \\>\\= 0.99)" in text
+    assert "interval alone: reproduced" in text
+    assert "{bdg-danger-line}`failed`" in text and "{bdg-success-line}`passed`" in text
+    assert (
+        status.md_text("the network fits its training set (the paper: 100% train accuracy)") in text
+    )
+    assert "applies to (a)" in text and "applies to all claim checks" in text
+
+
+def test_status_counts_method_checks_apart_never_as_reproduced() -> None:
+    gated = _gated_claim()  # claim checks: (a) invalid, (b) not reproduced; one method check
+    method_only = copy.deepcopy(gated)
+    method_only["figure"], method_only["title"] = "scaling", "How the kernels scale"
+    method_only["claims"], method_only["gates"] = [], []
+    method_only["verdict"] = claims.overall([], method_only["method_checks"])
+    assert claims.schema_problems(method_only) == []
+    text = status.render_status([gated, method_only], "cpu")
+    assert "2 figure(s): 1 with claim checks (2 checks), 1 with method checks only." in text
+    # Passed method checks are not reproduced claims, and their figures are not counted there.
+    assert _outcome_row(text, claims.REPRODUCED)[1:3] == ["0", "0"]
+    assert sum(int(_outcome_row(text, v)[1]) for v in claims.VERDICTS) == 1
+    assert "| Method checks (in 2 figure(s)) | 2 | 0 |" in text
+    assert "| Figures with method checks only | 1 | 0 |" in text
+    assert "| Validity gates (in 1 figure(s)) | 1 | 1 |" in text
+    assert "### Method checks" in text and "max\\_rel\\_error \\<\\= identity\\_tol" in text
+    assert f"{{bdg-success-line}}`{claims.METHOD_PASSED}`" in text
+    assert "reproduces no claim of a paper: its checks are method checks" in text
+    # The checks table lists claim checks only; the method checks have their own table.
+    table = text[text.index("## Checks") : text.index("### Method checks")]
+    assert "(m)" not in table and "identity" not in table
 
 
 def test_render_status_escapes_markdown_in_claim_text() -> None:

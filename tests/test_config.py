@@ -189,7 +189,7 @@ def test_a_failed_gate_makes_the_figure_invalid_at_this_scale(results_dir):
 
 def test_replicates_derive_keys_by_name(results_dir):
     r = results.start(KEY, {**config.notebook_defaults(KEY), "profile": "smoke"})
-    assert list(r.replicates) == [0]  # no n_seeds parameter: one run
+    assert list(r.replicates) == list(range(r.params.n_seeds))  # smoke: 2
     k0, k1 = r.key_for("init"), r.key_for("init", replicate=1)
     assert (k0 == config.seed_key(r.params.seed, "init")).all()
     assert not (k0 == k1).all()

@@ -384,11 +384,12 @@ def test_status_opens_with_one_sortable_checks_table() -> None:
     rows = table.split("\n* - ")[2:]
     assert len(rows) == 2
     cells = [[c.strip() for c in r.split("\n  - ")] for r in rows]
-    assert cells[0][2:] == [
-        "0\\.01235",
+    assert cells[0][2:] == [  # the value, its 95% interval and how it was made
+        "0\\.01235 \\[0.008, 0.017\\]\n\n    t-interval over 5 seeds",
         status.md_text("max_n |acc_net(widest) - acc_NTK| <= 0.03"),
     ]
-    assert cells[1][2:] == ["\\-", status.md_text("mean(acc_NNGP - acc_NTK) > 0")]
+    assert cells[1][2].startswith("n/a \\[-0.009, -0.001\\]")  # NaN: recorded as null
+    assert cells[1][3] == status.md_text("mean(acc_NNGP - acc_NTK) > 0")
     assert f"(../notebooks/{KEY}.ipynb) (a)" in cells[0][0]
 
 

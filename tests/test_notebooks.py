@@ -14,7 +14,7 @@ import nbformat
 import papermill
 import pytest
 
-from ntkrepro import config
+from ntkrepro import claims, config
 from ntkrepro.tooling import book, cli, launch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,10 +75,14 @@ def _run_smoke(folder):
 def test_smoke_run_writes_figure_numbers_and_claim(smoke_results, key):
     folder = smoke_results / "smoke" / key
     claim = book.load_claim(folder / "claim.json")  # validates the schema
-    assert claim["profile"] == "smoke" and claim["claims"]
+    assert claim["profile"] == "smoke" and (claim["claims"] or claim["method_checks"])
+    assert claim["verdict"] in claims.FIGURE_VERDICTS
     for c in claim["claims"]:
-        assert c["verdict"] in ("reproduced", "not reproduced")
+        assert c["verdict"] in claims.CHECK_VERDICTS
         assert c["check"] and c["measured"] and c["threshold"] is not None
+        assert len(c["interval"]) == 2 and c["interval_method"] and c["n"] >= 1
+    for m in claim["method_checks"]:
+        assert m["verdict"] in (claims.PASSED, claims.FAILED)
     prov = claim["provenance"]
     for field in ("versions", "code_hash", "parameters", "device", "started", "runtime_s"):
         assert prov[field] not in (None, ""), field

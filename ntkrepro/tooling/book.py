@@ -24,7 +24,13 @@ import yaml
 from ntkrepro import config
 from ntkrepro.claims import schema_problems
 from ntkrepro.results import result_state
-from ntkrepro.tooling.status import STALE_KEY, THUMBNAIL_KEY, render_status, rerun_command
+from ntkrepro.tooling.status import (
+    STALE_KEY,
+    STATUS_TABLE_CLASS,
+    THUMBNAIL_KEY,
+    render_status,
+    rerun_command,
+)
 
 #: TOC pages that :func:`stage` writes itself rather than copies from book/.
 GENERATED_PAGES = ("book/status",)
@@ -40,13 +46,25 @@ _DATATABLES_FILES = {
 }
 #: Style of the sortable tables (``html_css_files`` in _config.yml), written by staging.
 TABLES_CSS = (
-    "/* ntkrepro: the status page's sortable checks table, compact enough for the text width */\n"
+    "/* ntkrepro: the status page's tables, compact enough for the text width */\n"
     "table.sphinx-datatable { font-size: 0.85rem; }\n"
     "table.sphinx-datatable th, table.sphinx-datatable td { padding: 0.3rem 0.4rem !important; }\n"
     "table.sphinx-datatable th { padding-right: 1.4rem !important; }\n"
     # Columns share the text width; long names (figure keys, quantities) wrap anywhere.
     "table.sphinx-datatable { table-layout: fixed; width: 100% !important; }\n"
     "table.sphinx-datatable td { overflow-wrap: anywhere; }\n"
+    # The page's other tables keep their :widths: too.
+    f"table.{STATUS_TABLE_CLASS} {{ table-layout: fixed; width: 100% !important; }}\n"
+    f"table.{STATUS_TABLE_CLASS} td {{ overflow-wrap: anywhere; }}\n"
+    # Quantity names and checks are code spans: they wrap inside their column too.
+    f"table.{STATUS_TABLE_CLASS} code, table.sphinx-datatable code,\n"
+    f"table.{STATUS_TABLE_CLASS} code span.pre, table.sphinx-datatable code span.pre "
+    "{ white-space: normal; overflow-wrap: anywhere; }\n"
+    # A verdict badge ("invalid at this scale") wraps rather than leave a narrow column.
+    f"table.{STATUS_TABLE_CLASS} .sd-badge, table.sphinx-datatable .sd-badge "
+    "{ white-space: normal; text-align: left; }\n"
+    # The dark badge ("invalid at this scale") keeps an edge on the dark theme's background.
+    'html[data-theme="dark"] .sd-badge.sd-bg-dark { box-shadow: 0 0 0 1px #adb5bd; }\n'
 )
 #: Result files offered for download beside each figure (besides claim.json).
 DOWNLOAD_SUFFIXES = (".json", ".npz", ".csv", ".pdf")

@@ -110,13 +110,36 @@ def _select(only: Sequence[str] | None) -> list[str]:
     return [k for k in known if k in chosen]
 
 
+def verdict_summary(claim: dict[str, Any]) -> str:
+    """A figure's verdict and the outcomes of its checks on one line, e.g. ``partly
+    reproduced (claim checks: 1 reproduced, 1 invalid at this scale; gates: 1 failed;
+    method checks: 2 passed)``; method checks are counted apart from the claim checks."""
+    from ntkrepro.claims import CHECK_VERDICTS, FAILED, PASSED
+
+    def counts(items: Sequence[dict], outcomes: Sequence[str]) -> str:
+        verdicts = [i.get("verdict") for i in items]
+        return ", ".join(f"{verdicts.count(v)} {v}" for v in outcomes if v in verdicts)
+
+    parts = [
+        f"{what}: {text}"
+        for what, items, outcomes in (
+            ("claim checks", claim.get("claims", []), CHECK_VERDICTS),
+            ("gates", claim.get("gates", []), (PASSED, FAILED)),
+            ("method checks", claim.get("method_checks", []), (PASSED, FAILED)),
+        )
+        if (text := counts(items, outcomes))
+    ]
+    verdict = claim.get("verdict", "")
+    return f"{verdict} ({'; '.join(parts)})" if parts else verdict
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for key in _select(args.only):
         state, reason = result_state(key, args.profile)
         note = ""
         if state in ("current", "stale"):
             claim = config.results_root() / args.profile / key / config.CLAIM_FILE
-            note = json.loads(claim.read_text()).get("verdict", "")
+            note = verdict_summary(json.loads(claim.read_text()))
         if state != "current":
             note = f"{note} ({reason})" if note else reason
         print(f"{key:45s} {args.profile:6s} {state:8s} {note}")
@@ -143,7 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             failed.append(key)
             print(f"[FAIL] {key}: {_error_text(err)}", file=sys.stderr)
             continue
-        print(f"[done] {key} in {time.perf_counter() - t0:.0f} s -> {out}")
+        verdict = verdict_summary(json.loads((out.parent / config.CLAIM_FILE).read_text()))
+        print(f"[done] {key} in {time.perf_counter() - t0:.0f} s: {verdict} -> {out}")
     if failed:
         print(f"failed: {', '.join(failed)} (earlier results kept)", file=sys.stderr)
         return 1
