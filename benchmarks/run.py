@@ -8,6 +8,7 @@ and writes ``results/bench/<name>.json`` (machine, versions, settings, every cas
     python -m benchmarks.run                      # all, default sizes (eNTK at n = 1000, 4000)
     python -m benchmarks.run --quick              # smaller sizes, about a minute
     python -m benchmarks.run --only entk solve    # some benchmarks
+    python -m benchmarks.run --only linearized    # train.train_linearized vs train.linearize
     python -m benchmarks.run --only notebooks --rerun-notebooks smoke   # rerun, then read
 
 Absolute times depend on the machine and its load (recorded as load averages); the
@@ -38,7 +39,7 @@ from benchmarks.reference import (
 )
 from ntkrepro import config, data, kernels, measure, models, predict, results
 
-BENCHMARKS = ("entk", "analytic", "train", "solve", "notebooks")
+BENCHMARKS = ("entk", "analytic", "train", "linearized", "solve", "notebooks")
 IMPLEMENTATIONS = ("jacobian_contraction", "structured_derivatives", "ntk_vector_products")
 
 
@@ -330,6 +331,146 @@ def bench_train(repeats: int, n: int = 1024, batch_size: int = 32) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------- linearized
+
+
+def _linearized_times(arch: str, n: int, m: int, steps: dict, epochs: int, repeats: int) -> list:
+    """``train.train`` on ``train.linearize`` (the reference) vs ``train.train_linearized`` in
+    function space (``"ntk"``) and on the Jacobian (``"jacobian"``), on Ortiz-Jiménez et al.'s
+    recipe (SGD, momentum 0.9, lr 0.05 decaying linearly to 0 over ``epochs``, batch 128,
+    sigmoid BCE). ``steps[arch]``: the steps timed per method (None: all of the ``epochs``);
+    ours are also timed at 0 steps (the precompute: eNTK or Jacobians, f(θ_0)). A run of
+    ``epochs`` is measured where the timed steps are all of them, else extrapolated: precompute
+    + steps x per-step time, per step ``(T(S) - T(0)) / S`` (the reference: ``T(S) / S``)."""
+    import optax
+
+    from ntkrepro import train
+
+    task = data.load_task("mnist", n, m, 0, binary=[0, 1, 2, 3, 4])
+    flat = arch == "mlp"
+    x = data.flatten(task["x_train"]) if flat else task["x_train"]
+    x_eval = data.flatten(task["x_test"]) if flat else task["x_test"]
+    y = task["y_train"].astype(np.float32)[:, None]
+    init_fn, apply_fn, _ = models.ortiz2021(arch)
+    _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    f_lin = train.linearize(apply_fn, params)
+    batch = min(128, n)
+    full = epochs * max(1, n // batch)
+    timed = {name: min(k or full, full) for name, k in steps[arch].items()}
+    optimizer = optax.sgd(optax.linear_schedule(0.05, 0.0, full), momentum=0.9)
+    recipe = dict(optimizer=optimizer, loss="bce", batch_size=batch, progress=False)
+    recipe["key"] = jax.random.PRNGKey(1)
+    # What the notebooks run: on CPU, convolutions train faster unrolled.
+    ref_kw = dict(unroll=True, chunk_size=4) if arch == "lenet" else {}
+
+    def ours(method, k):
+        def run():
+            kw = dict(recipe, method=method, steps=k)
+            return train.train_linearized(apply_fn, params, x, y, x_eval, **kw).f_eval
+
+        return run
+
+    def ref(k=timed["ref"]):
+        return train.train(f_lin, params, x, y, steps=k, **recipe, **ref_kw).params
+
+    fns = {"ref": lambda: ref()}
+    for method in ("ntk", "jacobian"):
+        fns[method], fns[f"{method}_pre"] = ours(method, timed[method]), ours(method, 0)
+    times = measure.time_side_by_side(fns, repeats)
+    ref_step = times["ref"]["median_s"] / timed["ref"]
+    reference = _total(times["ref"], 0.0, ref_step, full, timed["ref"])
+    cases = []
+    for method in ("ntk", "jacobian"):
+        pre = times[f"{method}_pre"]["median_s"]
+        step = max(times[method]["median_s"] - pre, 0.0) / timed[method]
+        # Agreement after the steps timed for both (or the fewer of them).
+        k = min(timed[method], timed["ref"])
+        want = np.asarray(jax.jit(f_lin)(ref(k), x_eval))
+        diff = np.max(np.abs(np.asarray(ours(method, k)()) - want)) / np.max(np.abs(want))
+        name = f"{arch} {method}: {epochs} epochs = {full} steps"
+        extrapolated = timed[method] < full or timed["ref"] < full
+        cases.append(
+            _case(
+                name + (" (extrapolated)" if extrapolated else ""),
+                _total(times[method], pre, step, full, timed[method]),
+                reference,
+                10.0 if method == "ntk" else None,
+                model=arch,
+                method=method,
+                n_train=n,
+                n_eval=m,
+                n_params=models.count_params(params),
+                steps=full,
+                timed_steps_ours=timed[method],
+                timed_steps_reference=timed["ref"],
+                measured_s_ours=times[method]["median_s"],
+                measured_s_reference=times["ref"]["median_s"],
+                extrapolated=extrapolated,
+                precompute_s=pre,
+                per_step_ms_ours=1e3 * step,
+                per_step_ms_reference=1e3 * ref_step,
+                max_rel_difference=float(diff),
+            )
+        )
+        print(f"  linearized {cases[-1]['case']}: {cases[-1]['ratio']:.2f}x", flush=True)
+    return cases
+
+
+def _total(measured: dict, pre: float, step: float, full: int, timed: int) -> dict:
+    """The time of ``full`` steps: measured if ``timed == full``, else precompute + steps x
+    per-step time (median and fastest alike)."""
+    if timed == full:
+        return measured
+    t = pre + full * step
+    return {"median_s": t, "min_s": t, "extrapolated_from_steps": timed}
+
+
+def linearized_note(case: dict) -> str:
+    how = "extrapolated from per-step times" if case["extrapolated"] else "measured"
+    step = case["per_step_ms_ours"]
+    # T(S) - T(0) can vanish in the precompute's timing noise when the steps cost little.
+    ours = f"{step:.3g} ms/step" if step > 0 else "steps within the precompute's timing noise"
+    return (
+        f"{case['case']}: precompute {case['precompute_s']:.3g} s, then "
+        f"{ours} vs {case['per_step_ms_reference']:.3g} ms/step "
+        f"for train.train on train.linearize (timed {case['timed_steps_ours']} and "
+        f"{case['timed_steps_reference']} steps; totals {how}); eval outputs agree with the "
+        f"reference's to {case['max_rel_difference']:.1e} (relative)"
+    )
+
+
+def bench_linearized(quick: bool, repeats: int, epochs: int = 100) -> dict:
+    """``train.train_linearized`` (eNTK in function space; tangent features) vs ``train.train``
+    on ``train.linearize``, for Ortiz-Jiménez et al.'s MLP and LeNet at CPU sizes."""
+    n, m = (256, 128) if quick else (1000, 500)
+    # Steps timed (None: all): the slow ones are extrapolated from fewer steps.
+    steps = {
+        "mlp": {"ref": None, "ntk": None, "jacobian": 20 if quick else 100},
+        "lenet": {"ref": 10 if quick else 50, "ntk": None, "jacobian": 10 if quick else 50},
+    }
+    cases = []
+    for arch in ("mlp", "lenet"):
+        cases += _linearized_times(arch, n, m, steps, epochs, 1 if quick else repeats)
+    return {
+        "cases": cases,
+        "notes": [linearized_note(c) for c in cases],
+        "settings": {
+            "n_train": n,
+            "n_eval": m,
+            "timed_steps": steps,
+            "epochs": epochs,
+            "repeats": 1 if quick else repeats,
+            "recipe": "SGD momentum 0.9, lr 0.05 linearly to 0, batch 128, sigmoid BCE (ortiz2021)",
+            "models": "models.ortiz2021('mlp'): 784-100-100-1; models.ortiz2021('lenet')",
+            "reference": "train.train(train.linearize(apply_fn, params0), ...): a jvp per step "
+            "(LeNet: unroll=True, chunk_size=4, as the notebooks run it)",
+            "extrapolation": "T(precompute) + steps x per-step time, per step (T(S) - T(0)) / S "
+            "for ours and T(S) / S for the reference, S the timed steps",
+            "target": ">= 10x for the function-space path at 100 epochs, precompute included",
+        },
+    }
+
+
 # ---------------------------------------------------------------------------- kernel solve
 
 
@@ -506,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         "entk": lambda: bench_entk(ns, args.repeats),
         "analytic": lambda: bench_analytic(ns, args.repeats, 32 if args.quick else 64),
         "train": lambda: bench_train(args.repeats),
+        "linearized": lambda: bench_linearized(args.quick, args.repeats),
         "solve": lambda: bench_solve(
             [500, 1000] if args.quick else [1000, 2000, 4000], args.repeats
         ),

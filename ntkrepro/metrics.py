@@ -10,6 +10,16 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def correct(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-example correctness ``(m,)`` (bool) against integer ``labels`` ``(m,)``: argmax of
+    ``pred`` ``(m, k)``, or the sign of ``pred`` ``(m,)``/``(m, 1)`` against labels in
+    {-1, +1}. Its mean is :func:`accuracy`; it is what a paired bootstrap resamples."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        return pred.argmax(1) == labels
+    return np.sign(pred.reshape(-1)) == np.sign(labels.reshape(-1))
+
+
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float | np.ndarray:
     """Classification accuracy against integer ``labels`` ``(m,)``. ``pred`` ``(m, k)``: argmax over
     outputs; ``(m,)`` or ``(m, 1)``: sign against labels in {-1, +1}; returns a float. With leading
@@ -21,9 +31,7 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float | np.ndarray:
         f = pred.astype(np.float64)
         acc = np.mean(f.argmax(-1) == labels, axis=-1)
         return np.where(np.all(np.isfinite(f), axis=(-2, -1)), acc, np.nan)
-    if pred.ndim == 2 and pred.shape[1] > 1:
-        return float(np.mean(pred.argmax(1) == labels))
-    return float(np.mean(np.sign(pred.reshape(-1)) == np.sign(labels.reshape(-1))))
+    return float(np.mean(correct(pred, labels)))
 
 
 def rms(a: np.ndarray, b: np.ndarray) -> float:

@@ -33,6 +33,7 @@ from ntkrepro.config import (
     resolve,
     results_root,
     scale_line,
+    seed_int,
     seed_key,
 )
 from ntkrepro.files import (
@@ -334,6 +335,14 @@ class Run:
         return seed_key(
             self.params["seed"], name if not replicate else f"{name}/replicate{replicate}"
         )
+
+    def seed_for(self, name: str, replicate: int = 0) -> int:
+        """Integer seed (numpy, data loaders) of replicate ``replicate``'s draw ``name``:
+        the root ``seed`` itself for replicate 0 (what the loaders received before seeds
+        were repeated), else one derived from it by name."""
+        if not replicate:
+            return self.params["seed"]
+        return seed_int(self.params["seed"], f"{name}/replicate{replicate}")
 
     @property
     def replicates(self) -> range:

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
+from ntkrepro import kernels, memory
 from ntkrepro import progress as _progress
 from ntkrepro.memo import memoized
 
@@ -86,43 +88,88 @@ class IterativeTrainResult(TrainResult):
 # ------------------------------------------------------------------- the one training loop
 
 
+def _minibatches(n: int, batch_size: int | None) -> tuple[Callable, Callable]:
+    """``(plan, index)`` of the minibatch order: epoch ``e`` permutes the ``n`` examples with
+    ``fold_in(key, e)``. ``plan(key, first_step, length)`` draws the permutations of the epochs
+    that a chunk's steps fall in, once per epoch rather than per step (one costs ~0.15 ms on a
+    CPU, more than a step of a small model); ``index(plan, step)``: the ``(batch_size,)``
+    training indices of a step, None for full batch. Every mode of :func:`_make_chunk` draws
+    from it, so all follow the same order for the same key."""
+    per_epoch = max(1, n // batch_size) if batch_size else 1
+
+    def plan(key, first_step, length: int):
+        if not batch_size:
+            return None
+        first = first_step // per_epoch
+        epochs = first + jnp.arange(max(length - 1, 0) // per_epoch + 2)  # static count
+        perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(epochs)
+        return first, perms
+
+    def index(plan, step):
+        if plan is None:
+            return None
+        first, perms = plan
+        epoch, i = jnp.divmod(step, per_epoch)
+        return jax.lax.dynamic_slice_in_dim(perms[epoch - first], i * batch_size, batch_size)
+
+    return plan, index
+
+
 def _make_chunk(apply_fn, loss_fn, optimizer, n: int, batch_size, unroll=1, mode="plain"):
     """jit ``chunk(state, key, x, y, length, first_step, k=0) -> (state, losses)``:
     ``length`` optimizer steps in one ``lax.scan``. ``mode``: ``"plain"`` (state
     ``(params, opt_state)``); ``"iterative"`` (``(params, opt_state, anchor)``: the loss
     of the linearization at the anchor, reset to the parameters at multiples of the traced
     ``k``, 0 = never); ``"many"`` (states stacked over networks, one step each by
-    ``vmap``; losses ``(length, S)``). Epoch ``e`` permutes with ``fold_in(key, e)``."""
-    per_epoch = max(1, n // batch_size) if batch_size else 1
+    ``vmap``; losses ``(length, S)``); the linear models of :func:`train_linearized`
+    (``apply_fn`` unused): ``"jacobian"`` (``(params, opt_state, anchor)``, ``x`` the tangent
+    features ``(J (n, k, P), f_0 (n, k))``) and ``"ntk"`` (``(f, opt_state, d)``: outputs
+    ``(n_all, k)`` on [train; eval], ``J θ = f + d``; ``x`` = ``(Θ[train, all] laid out (n, k,
+    n_all, k), arange(n))``). ``x``: an array or a tuple of arrays with leading axis ``n``.
+    Epoch ``e`` permutes with ``fold_in(key, e)`` (:func:`_minibatches`)."""
+    plan, index = _minibatches(n, batch_size)
 
-    def batch(x, y, step, key):
-        if not batch_size:
-            return x, y
-        epoch, i = jnp.divmod(step, per_epoch)
-        perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-        idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-        return x[idx], y[idx]
+    def batch(x, y, step, drawn):
+        idx = index(drawn, step)
+        return (x, y) if idx is None else jax.tree_util.tree_map(lambda a: a[idx], (x, y))
 
-    def update(params, opt_state, xb, yb, anchor=None):
-        model = apply_fn if anchor is None else linearize(apply_fn, anchor)
+    def update(params, opt_state, xb, yb, model=apply_fn):
         loss, grads = jax.value_and_grad(lambda p: loss_fn(model(p, xb), yb))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    def update_ntk(f, opt_state, d, xb, yb):
+        # One step of the linear model in function space: the gradient's image J_all g =
+        # J_all J_Bᵀ ∂L/∂f_B = Θ[all, B] ∂L/∂f_B, the parameters' image J_all θ = f + d.
+        rows, idx = xb  # rows Θ[B, all] as (b, k, n_all, k): one vector-matrix product
+        loss, r = jax.value_and_grad(loss_fn)(f[idx], yb)
+        grads = (r.reshape(-1) @ rows.reshape(r.size, -1)).reshape(f.shape)
+        updates, opt_state = optimizer.update(grads, opt_state, f + d)
+        return optax.apply_updates(f, updates), opt_state, d, loss
+
     # Data are arguments, not closure constants: XLA would otherwise constant-fold them.
     @partial(jax.jit, static_argnums=4)
     def chunk(state, key, x, y, length, first_step, k=0):
+        drawn = plan(key, first_step, length)
+
         def one_step(carry, step):
-            xb, yb = batch(x, y, step, key)
+            xb, yb = batch(x, y, step, drawn)
             if mode == "plain":
                 *carry, loss = update(*carry, xb, yb)
             elif mode == "many":
                 *carry, loss = jax.vmap(update, (0, 0, None, None))(*carry, xb, yb)
+            elif mode == "ntk":
+                *carry, loss = update_ntk(*carry, xb, yb)
+            elif mode == "jacobian":
+                params, opt_state, anchor = carry
+                *carry, loss = update(params, opt_state, xb, yb, _tangent_model(anchor))
+                carry.append(anchor)
             else:
                 params, opt_state, anchor = carry
                 relin = (k > 0) & (step % jnp.maximum(k, 1) == 0)
                 anchor = jax.tree_util.tree_map(lambda p, a: jnp.where(relin, p, a), params, anchor)
-                *carry, loss = update(params, opt_state, xb, yb, anchor)
+                model = linearize(apply_fn, anchor)
+                *carry, loss = update(params, opt_state, xb, yb, model)
                 carry.append(anchor)
             return tuple(carry), loss
 
@@ -168,13 +215,14 @@ def _fit(
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
-    if batch_size is not None and not 0 < batch_size <= x.shape[0]:
-        raise ValueError(f"batch_size={batch_size} must be in [1, n={x.shape[0]}]")
+    n = jax.tree_util.tree_leaves(x)[0].shape[0]
+    if batch_size is not None and not 0 < batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be in [1, n={n}]")
     key = jax.random.PRNGKey(0) if key is None else key
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)
     # Cached: runs of one model with one optimizer object (a sweep of runs, of K) compile
     # once; unhashable arguments just build a fresh chunk.
-    chunk = _chunk(apply_fn, LOSSES[loss], optimizer, x.shape[0], batch_size, unroll, mode)
+    chunk = _chunk(apply_fn, LOSSES[loss], optimizer, n, batch_size, unroll, mode)
     snapshots = {0: state} if 0 in snapshot_steps else {}
     losses: list[np.ndarray] = []
     done = 0
@@ -378,4 +426,237 @@ def train_ensemble(
         snapshots={s: outputs(p) for s, p in snaps.items()},
         loss=loss,
         diverged_at=min(stops) if stops else None,
+    )
+
+
+# ------------------------------------------------- linearized training on tangent features
+
+
+@dataclass
+class LinearizedResult:
+    """Training of a linearization by :func:`train_linearized`: outputs after training on the
+    training inputs ``f_train`` ``(n, k)`` and on the evaluation inputs ``f_eval`` ``(m, k)``
+    (after a divergence: at the start of the diverging chunk); ``loss`` per step ``(steps_done,)``
+    (as :func:`train` records it); ``snapshots`` ``{step: f_eval}`` and ``train_snapshots``
+    ``{step: f_train}`` at the snapshot steps (0 = init); ``method`` (``"ntk"`` or
+    ``"jacobian"``); ``params``: the final θ for ``"jacobian"`` (the trained model is
+    ``linearize(apply_fn, anchor)(params, x)``), None for ``"ntk"``, which never forms θ;
+    ``diverged_at``: the first step with a NaN/inf loss, else None."""
+
+    f_train: np.ndarray
+    f_eval: np.ndarray
+    loss: np.ndarray
+    snapshots: dict[int, np.ndarray] = field(default_factory=dict)
+    train_snapshots: dict[int, np.ndarray] = field(default_factory=dict)
+    method: str = "ntk"
+    params: object = None
+    diverged_at: int | None = None
+
+    diverged = TrainResult.diverged
+
+
+METHODS = ("auto", "ntk", "jacobian")
+
+
+def _tangent_model(anchor) -> Callable:
+    """``(θ, (J (b, k, P), f_0 (b, k))) -> f_0 + J (θ - θ_a)`` on flattened parameters."""
+    flat_anchor = ravel_pytree(anchor)[0]
+
+    def model(params, features):
+        jac, f0 = features  # 2-D products: XLA's CPU dot runs 3-D einsums far slower
+        delta = ravel_pytree(params)[0] - flat_anchor
+        return f0 + (jac.reshape(-1, delta.size) @ delta).reshape(f0.shape)
+
+    return model
+
+
+@memoized(32)
+def commutes_with_linear_maps(optimizer: optax.GradientTransformation, steps: int = 4) -> bool:
+    """Whether ``optimizer``'s updates commute with a linear map ``M``, ``u(M g, M θ) = M u(g,
+    θ)``, over a few steps from random gradients and parameters (a probe, not a proof). Such an
+    optimizer run on the images ``J g``, ``J θ`` gives the function-space trajectory of the
+    linear model exactly: ``optax.sgd`` with any momentum, Nesterov and schedule,
+    ``add_decayed_weights``; not Adam-like, sign-based or clipping ones (a clip threshold
+    above the probe's gradients, ~100 per entry, goes unseen)."""
+    rng = np.random.default_rng(0)
+    m = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    theta = jnp.asarray(rng.normal(size=5), jnp.float32)
+    grads = jnp.asarray(100 * rng.normal(size=(steps, 5)), jnp.float32)
+
+    @jax.jit  # one compilation, rather than one per operation run eagerly
+    def errors(theta, grads):
+        image = m @ theta
+        state, state_m = optimizer.init(theta), optimizer.init(image)
+        out = []
+        for g in grads:
+            u, state = optimizer.update(g, state, theta)
+            u_m, state_m = optimizer.update(m @ g, state_m, image)
+            mu = m @ u
+            scale = jnp.linalg.norm(mu) + jnp.linalg.norm(u_m)
+            out.append(jnp.where(scale > 0, jnp.linalg.norm(mu - u_m) / scale, 0.0))  # 0: no step
+            theta, image = theta + u, image + u_m
+        return jnp.stack(out)
+
+    try:
+        err = np.asarray(errors(theta, grads))
+    except (TypeError, ValueError):  # it needs parameter pytrees (masks, per-leaf labels)
+        return False
+    return bool(np.all(err <= 1e-4))  # NaN or inf: no
+
+
+@memoized(32)
+def _outputs_fn(apply_fn: Callable) -> Callable:
+    """jit ``(θ, x) -> (f(θ, x), J(θ, x) θ)``: outputs and the parameters' image, one jvp."""
+    return jax.jit(lambda params, x: jax.jvp(lambda p: apply_fn(p, x), (params,), (params,)))
+
+
+@jax.jit
+def _tangent_outputs(jac: jax.Array, f0: jax.Array, params, anchor) -> jax.Array:
+    """``f_0 + J (θ - θ_a)``: ``(n, k, P), (n, k) -> (n, k)``."""
+    return _tangent_model(anchor)(params, (jac, f0))
+
+
+def _blocks(fn: Callable, params, x, block: int) -> list:
+    """``fn(params, x[s:s + block])`` for each block of rows."""
+    return [fn(params, jnp.asarray(x[s : s + block])) for s in range(0, len(x), block)]
+
+
+def _check_inputs(apply_fn, anchor, x_train, y_train, x_eval) -> int:
+    """Validate the shapes; return the number of outputs ``k``."""
+    if np.ndim(y_train) != 2 or len(y_train) != len(x_train):
+        raise ValueError(
+            f"y_train must be (n, k) with n = len(x_train) = {len(x_train)}; "
+            f"got shape {np.shape(y_train)}"
+        )
+    if np.shape(x_eval)[1:] != np.shape(x_train)[1:]:
+        raise ValueError(
+            f"x_eval examples have shape {np.shape(x_eval)[1:]}, "
+            f"x_train examples {np.shape(x_train)[1:]}: they must agree"
+        )
+    x1 = jax.ShapeDtypeStruct((1, *np.shape(x_train)[1:]), jnp.float32)
+    out = jax.eval_shape(apply_fn, anchor, x1).shape
+    k = np.shape(y_train)[1]
+    if out != (1, k):
+        raise ValueError(f"the model maps one example to {out[1:]}; y_train has k = {k} outputs")
+    return k
+
+
+def _kernel_rows(ntk, n: int, n_all: int, k: int) -> np.ndarray:
+    """A given eNTK ``Θ[i, j, l, m]`` as the rows ``Θ[train, all]``, laid out ``(n, k, n_all,
+    k)`` (``[i, l, j, m]``) for one vector-matrix product per step."""
+    ntk = np.asarray(ntk)
+    if ntk.ndim == 2 and k == 1:
+        ntk = ntk[..., None, None]
+    if ntk.ndim == 2:
+        raise ValueError(
+            f"a traced (n, n) eNTK serves one output only; with k = {k} the per-logit kernels "
+            "differ at finite width (the eNTK is not Θ ⊗ I_k): pass the full (n_all, n_all, "
+            "k, k) kernel, kernels.empirical_ntk(..., trace_axes=())"
+        )
+    if ntk.shape[1:] != (n_all, k, k) or ntk.shape[0] not in (n, n_all):
+        raise ValueError(
+            f"ntk must be Θ over [x_train; x_eval], ({n_all}, {n_all}, {k}, {k}) or "
+            f"({n}, {n_all}, {k}, {k}); got shape {ntk.shape}"
+        )
+    return np.ascontiguousarray(ntk[:n].transpose(0, 2, 1, 3))
+
+
+def _choose_method(method: str, optimizer, n: int, n_all: int, k: int, n_params: int, given: bool):
+    """The method that ``"auto"`` stands for (a given kernel: ``"ntk"``), checked."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: use one of {', '.join(METHODS)}")
+    if given and method == "jacobian":
+        raise ValueError("a precomputed ntk serves method='ntk' only")
+    method = "ntk" if given else method
+    linear = method != "jacobian" and commutes_with_linear_maps(optimizer)
+    if method == "ntk" and not linear:
+        raise ValueError(
+            "method='ntk' needs an optimizer whose updates commute with linear maps (optax.sgd "
+            "with momentum/schedule, add_decayed_weights); use method='jacobian' for this one"
+        )
+    # The kernel's floats against the Jacobians': one of them is held for the whole run.
+    small_kernel = n * n_all * k * k <= n_all * k * n_params
+    return (
+        "ntk" if method == "ntk" or (method == "auto" and linear and small_kernel) else "jacobian"
+    )
+
+
+def train_linearized(
+    apply_fn: Callable,
+    anchor,
+    x_train,
+    y_train,
+    x_eval=None,
+    *,
+    optimizer: optax.GradientTransformation,
+    steps: int,
+    method: str = "auto",
+    offset: bool = True,
+    ntk: np.ndarray | None = None,
+    implementation: str = "structured_derivatives",
+    block: int = 500,
+    desc: str = "linearized",
+    **kw,
+) -> LinearizedResult:
+    """Train ``linearize(apply_fn, anchor, offset=offset)`` from θ = ``anchor`` as :func:`train`
+    would (same ``optimizer`` and schedule, ``steps``, ``loss``, ``batch_size`` and ``key``, so the
+    same minibatches; ``snapshot_steps``, ``chunk_size`` (default 100; 1000 for ``"ntk"``),
+    ``progress``), at the cost of a linear model. ``anchor`` is θ_0 for the linearization at
+    initialization, or any θ_t (the linearization at θ_t, started from f(θ_t)). Inputs
+    ``x_train`` ``(n, ...)``, targets ``y_train`` ``(n, k)``, evaluation inputs ``x_eval`` ``(m,
+    ...)`` (None: none). Returns a :class:`LinearizedResult`.
+
+    ``method``: ``"ntk"`` trains in function space with the eNTK at the anchor, ``Θ[train, train
+    + eval]`` (``n (n + m) k²`` floats; ``ntk``: a precomputed Θ over [x_train; x_eval], full
+    ``(n+m, n+m, k, k)``, traced only for k = 1; else computed with ``implementation`` in
+    ``block``-sized blocks): ``O((n + m) · batch · k²)`` per step, for optimizers whose updates
+    commute with linear maps (:func:`commutes_with_linear_maps`: SGD with momentum and
+    schedules, weight decay). ``"jacobian"`` keeps the tangent features ``J`` ``((n + m), k, P)``
+    at the anchor and trains ``f_0 + J (θ - θ_a)`` with any optimizer (one ``(batch k) x P``
+    product each way per step: memory-bound, it beats the network's step only where that
+    computes far more than ``P`` per example, as convolutions do, not for MLPs). ``"auto"``:
+    ``"ntk"`` where the optimizer allows it and the kernel is no larger than the Jacobians
+    (or ``ntk`` is given), else ``"jacobian"``. ``block`` 500: the structured-derivatives eNTK
+    of LeNet ran twice as fast as in blocks of 256."""
+    x_eval = np.zeros((0, *np.shape(x_train)[1:]), np.float32) if x_eval is None else x_eval
+    k = _check_inputs(apply_fn, anchor, x_train, y_train, x_eval)
+    x_all = np.concatenate([np.asarray(x_train), np.asarray(x_eval)])
+    n, n_all = len(x_train), len(x_all)
+    n_params = ravel_pytree(anchor)[0].size
+    method = _choose_method(method, optimizer, n, n_all, k, n_params, ntk is not None)
+    outputs = _blocks(_outputs_fn(apply_fn), anchor, x_all, block)
+    f_a, image_a = (jnp.concatenate(parts) for parts in zip(*outputs, strict=True))
+    f0 = f_a if offset else jnp.zeros_like(f_a)
+    fit = partial(_fit, y=y_train, optimizer=optimizer, steps=steps, desc=desc, **kw)
+    params = None
+    if method == "ntk":
+        if ntk is None:
+            kw_ntk = dict(batch_size=block, implementation=implementation, trace_axes=())
+            ntk = kernels.empirical_ntk(apply_fn, anchor, x_train, x_all, **kw_ntk)
+        features = (_kernel_rows(ntk, n, n_all, k), jnp.arange(n))
+        # A step costs ~0.1 ms here, a chunk call several: fewer, longer chunks by default.
+        fit = partial(fit, chunk_size=kw.get("chunk_size", 1000))
+        # The state holds f = f_0 + J_all (θ - θ_a), never θ; J_all θ = f + (J_all θ_a - f_0).
+        state = (f0, optimizer.init(image_a), image_a - f0)
+        (f, *_), curve, snaps, diverged_at = fit("ntk", None, state, features)
+        outs = {t: np.asarray(st[0]) for t, st in snaps.items()}
+    else:
+        what = f"the tangent features of {n_all} examples ({n_params:,} parameters)"
+        jac_bytes = n_all * k * n_params * kernels._itemsize()
+        memory.require_memory(what, {"jacobians": jac_bytes, "blocks being joined": jac_bytes})
+        jac = jnp.concatenate(_blocks(kernels._jacobian_fn(apply_fn), anchor, x_all, block))
+        state = (anchor, optimizer.init(anchor), anchor)
+        (params, *_), curve, snaps, diverged_at = fit("jacobian", None, state, (jac[:n], f0[:n]))
+        f = _tangent_outputs(jac, f0, params, anchor)
+        outs = {t: np.asarray(_tangent_outputs(jac, f0, st[0], anchor)) for t, st in snaps.items()}
+    f = np.asarray(f)
+    return LinearizedResult(
+        f_train=f[:n],
+        f_eval=f[n:],
+        loss=curve,
+        snapshots={t: out[n:] for t, out in outs.items()},
+        train_snapshots={t: out[:n] for t, out in outs.items()},
+        method=method,
+        params=params,
+        diverged_at=diverged_at,
     )
