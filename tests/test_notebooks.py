@@ -169,6 +169,22 @@ def test_book_builds_from_smoke_results(smoke_results, smoke_book, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_gate_that_fails_at_smoke_shows_as_invalid_at_this_scale(smoke_results, smoke_book):
+    """At smoke the kernel-velocity network trains a few steps and cannot fit its data: its
+    fit gate fails, so both checks, and the figure, are invalid at this scale (never "not
+    reproduced"), and the status page says so with the gate's number."""
+    key = "fort2020/kernel_velocity"
+    claim = book.load_claim(smoke_results / "smoke" / key / "claim.json")
+    (gate,) = claim["gates"]
+    assert gate["verdict"] == claims.FAILED and claim["verdict"] == claims.INVALID
+    assert all(c["failed_gates"] == [gate["id"]] for c in claim["claims"])
+    assert all(c["verdict"] == claims.INVALID for c in claim["claims"])
+    status = (smoke_book[1] / "book" / "status.html").read_text()
+    measured = format(gate["measured"][gate["quantity"]], ".4g")
+    assert "invalid at this scale" in status and measured in status
+
+
+@pytest.mark.slow
 def test_book_pages_show_the_method_not_the_machinery(smoke_results, smoke_book):
     """No page shows where the book was built or run (absolute paths), a parameter mapping's
     repr, or papermill's injected-parameters cell (hidden by staging)."""
