@@ -138,7 +138,15 @@ def compare(
 
 
 def _point_check(
-    key: str, text: str, quantity: str, value: Any, op: str, threshold: float, parameter, measured
+    key: str,
+    text_key: str,
+    text: str,
+    quantity: str,
+    value: Any,
+    op: str,
+    threshold: float,
+    parameter,
+    measured,
 ) -> dict[str, Any]:
     """A record for a number compared without an interval (a gate or a method check)."""
     _check_op(op)
@@ -148,7 +156,7 @@ def _point_check(
         raise TypeError(f"{key!r}: {quantity} must be a number, got {value!r}") from err
     record = {
         "id": key,
-        "text": text,
+        text_key: text,
         "check": f"{quantity} {op} {_bound(threshold, parameter)}",
         "quantity": quantity,
         "op": op,
@@ -177,9 +185,9 @@ def gate(
     checks when None) test the paper's claim; ``value op threshold`` must hold (NaN fails).
     """
     record = _point_check(
-        gate_id, condition, quantity, value, op, threshold, threshold_parameter, measured or {}
-    )
-    record["condition"] = record.pop("text")
+        gate_id, "condition", condition, quantity, value, op, threshold, threshold_parameter,
+        measured or {},
+    )  # fmt: skip
     record["applies_to"] = None if applies_to is None else list(applies_to)
     return record
 
@@ -197,11 +205,10 @@ def method_check(
 ) -> dict[str, Any]:
     """A method check: ``value op threshold`` verifies a tool or an identity (NaN fails);
     it passes or fails and never counts as a reproduced claim."""
-    record = _point_check(
-        check_id, verifies, quantity, value, op, threshold, threshold_parameter, measured or {}
-    )
-    record["verifies"] = record.pop("text")
-    return record
+    return _point_check(
+        check_id, "verifies", verifies, quantity, value, op, threshold, threshold_parameter,
+        measured or {},
+    )  # fmt: skip
 
 
 def apply_gates(
