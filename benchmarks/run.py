@@ -279,12 +279,12 @@ def _train_times(width: int, x, y, batch_size: int, repeats: int) -> tuple[dict,
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
     opt = optax.sgd(0.1)
     state0 = opt.init(params)
-    chunk = train._make_chunk(apply_fn, train.mse, opt, n, batch_size)
+    chunk, plan = train._make_chunk(apply_fn, train.mse, opt, n, batch_size)
     key = jax.random.PRNGKey(1)
     xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y)
 
     def scanned():
-        return chunk((params, state0), key, xj, yj, steps, 0)
+        return chunk((params, state0), plan(key, 0, steps), xj, yj, steps, 0)
 
     @jax.jit
     def step(p, s, xb, yb):

@@ -42,11 +42,20 @@ def _batched(fn: Callable, x1, x2, batch_size: int, *args):
     the same ``fn`` object (arrays such as parameters in ``args``) not to recompile."""
     same = x2 is None
     x2 = x1 if same else x2
+    if max(x1.shape[0], x2.shape[0]) <= batch_size:  # one block: no padding, no nt.batch
+        out = _jitted(fn)(jnp.asarray(x1), None if same else jnp.asarray(x2), *args)
+        return jax.tree_util.tree_map(np.asarray, out)
     b = max(1, min(batch_size, x1.shape[0], x2.shape[0]))
     x1p, n1 = _pad(jnp.asarray(x1), b)
     x2p, n2 = (x1p, n1) if same else _pad(jnp.asarray(x2), b)
     out = nt.batch(fn, batch_size=b, store_on_device=False)(x1p, None if same else x2p, *args)
     return jax.tree_util.tree_map(lambda k: np.asarray(k)[:n1, :n2], out)
+
+
+@memoized(32)
+def _jitted(fn: Callable) -> Callable:
+    """``jax.jit(fn)``, one per function object (its compilations are cached on it)."""
+    return jax.jit(fn)
 
 
 def analytic(

@@ -107,6 +107,22 @@ def test_weight_decay_through_the_jacobian_path():
     assert _rel(f_lin(no_decay, xe), want) > 1e-3  # the decay made a difference
 
 
+def test_eval_outputs_by_kernel_block_and_by_vjp_jvp_agree():
+    # With a few evaluations of x_eval the function-space path pulls α back (vjp) and pushes it
+    # forward (jvp); with more it computes Θ[eval, train]. Weight decay moves θ off the span of
+    # the training Jacobians (s ≠ 1), which both must carry.
+    x, y, xe, apply_fn, params, f_lin = _task("mlp", 2)
+    opt = optax.chain(optax.add_decayed_weights(0.05), OPT)
+    kw = {**_recipe("xent", key=jax.random.PRNGKey(6)), "optimizer": opt}
+    ref = train.train(f_lin, params, x, y, **kw, snapshot_steps=[10, 20, 30, 40])
+    few = train.train_linearized(apply_fn, params, x, y, xe, **kw, snapshot_steps=[20])
+    many = train.train_linearized(apply_fn, params, x, y, xe, **kw, snapshot_steps=[10, 20, 30, 40])
+    for res in (few, many):
+        assert _rel(res.f_eval, f_lin(ref.params, xe)) < 1e-4
+        assert _rel(res.snapshots[20], f_lin(ref.snapshots[20], xe)) < 1e-4
+    assert _rel(many.snapshots[40], f_lin(ref.snapshots[40], xe)) < 1e-4
+
+
 def test_adam_trains_on_the_jacobian_and_is_refused_in_function_space():
     x, y, xe, apply_fn, params, f_lin = _task("mlp", 1)
     kw = dict(_recipe("mse", steps=20), optimizer=optax.adam(1e-2))
@@ -133,6 +149,9 @@ def test_which_optimizers_commute_with_linear_maps():
     other = [optax.adam(1e-3), optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1))]
     assert all(train.commutes_with_linear_maps(opt) for opt in linear)
     assert not any(train.commutes_with_linear_maps(opt) for opt in other)
+    # Only weight decay moves θ without a gradient (then the function-space path tracks s).
+    assert [train.moves_without_gradient(opt) for opt in linear] == [False] * 3 + [True]
+    assert not train.moves_without_gradient(optax.adam(1e-3))
 
 
 def test_a_precomputed_kernel_gives_the_same_run():
@@ -183,10 +202,11 @@ def test_divergence_is_recorded_at_the_same_step():
 
 
 def test_minibatch_order_is_one_permutation_per_epoch():
-    # Permutations drawn per chunk and epoch equal those drawn step by step.
+    # Permutations drawn per chunk and epoch (on the host) equal jax.random.permutation's,
+    # drawn step by step.
     n, b, key = 30, 7, jax.random.PRNGKey(5)
     plan, index = train._minibatches(n, b)
-    plan, index = jax.jit(plan, static_argnums=2), jax.jit(index)
+    index = jax.jit(index)
     per_epoch = n // b
     perms = np.asarray(
         jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(np.arange(10))
@@ -197,3 +217,10 @@ def test_minibatch_order_is_one_permutation_per_epoch():
             epoch, i = divmod(step, per_epoch)
             np.testing.assert_array_equal(index(drawn, step), perms[epoch, i * b : (i + 1) * b])
     assert train._minibatches(n, None)[0](key, 0, 5) is None
+
+
+@pytest.mark.parametrize("n", [1, 2, 1000, 1700, 70_000])  # 1700 and 70,000: two sort rounds
+def test_host_permutations_are_jax_permutations(n):
+    key, epochs = jax.random.PRNGKey(3), np.arange(4, 7)
+    want = [np.asarray(jax.random.permutation(jax.random.fold_in(key, e), n)) for e in epochs]
+    np.testing.assert_array_equal(train.permutations(key, epochs, n), np.stack(want))
