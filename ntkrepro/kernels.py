@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import neural_tangents as nt
 import numpy as np
 
-from ntkrepro import memory
+from ntkrepro import cost, memory
 from ntkrepro.memo import memoized
 
 IMPLEMENTATIONS = {
@@ -109,7 +110,7 @@ def empirical_ntk(
     x2=None,
     *,
     batch_size: int = 128,
-    implementation: str = "jacobian_contraction",
+    implementation: str = "auto",
     trace_axes: tuple[int, ...] = (-1,),
     check_memory: bool = True,
 ) -> np.ndarray:
@@ -119,6 +120,9 @@ def empirical_ntk(
     (:class:`ntkrepro.errors.MemoryBudgetError`). ``jacobian_contraction`` on one device computes
     each Jacobian once and contracts blocks of them (the upper triangle when ``x2`` is None) when
     all fit in :data:`KEEP_JACOBIANS_BYTES`; otherwise ``nt.batch`` computes each block pair afresh.
+    ``"auto"``: the cheaper of that and structured derivatives, for the whole computation
+    (:func:`choose_implementation`); ``batch_size`` then bounds the blocks where the whole does
+    not fit in memory.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -127,6 +131,9 @@ def empirical_ntk(
     trace_axes = tuple(trace_axes)
     shapes = _model_shapes(apply_fn, params, x1)  # traces the model once, computes nothing
     kept_bytes = _kept_jacobian_bytes(*shapes, x1, x2, trace_axes)
+    if implementation == "auto":
+        choice = choose_implementation(apply_fn, params, x1, x2, trace_axes, batch_size)
+        implementation, batch_size = choice.implementation, choice.batch_size
     keep = implementation == "jacobian_contraction" and kept_bytes is not None
     if check_memory:
         _check_empirical_memory(
@@ -395,3 +402,81 @@ def _require(what: str, parts: dict[str, int], device_part: str, fix: str = "") 
     host = {k: v for k, v in parts.items() if k != device_part}
     memory.require_memory(what, host, where="host", fix=fix)
     memory.require_memory(what, {device_part: parts[device_part]}, where="device", fix=fix)
+
+
+class Choice(NamedTuple):
+    """How :func:`empirical_ntk` computes one kernel: ``implementation``, ``batch_size`` (the
+    whole problem where it fits in memory, for structured derivatives) and the estimated
+    seconds of each way considered, ``estimates`` ``{name: s}``."""
+
+    implementation: str
+    batch_size: int
+    estimates: dict[str, float]
+
+
+def _spec(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.float32))
+
+
+def choose_implementation(
+    apply_fn: Callable, params, x1, x2=None, trace_axes=(-1,), batch_size: int = 128
+) -> Choice:
+    """The cheaper way to compute ``empirical_ntk(apply_fn, params, x1, x2)``, estimated for the
+    whole computation from XLA's operation and byte counts (:mod:`ntkrepro.cost`): the kept
+    Jacobians and one contraction (where they fit, :func:`keeps_jacobians`) against structured
+    derivatives in one block (or in ``batch_size`` blocks where one block's working memory,
+    from its compilation, exceeds half the memory available now). The estimates are cached per
+    model, shapes and device: they trace and lower the computation (~0.1-0.4 s; a compilation
+    where the one block is checked, which the call then reuses), nothing runs."""
+    key = (
+        apply_fn,
+        tuple(trace_axes),
+        _spec(x1),
+        None if x2 is None else _spec(x2),
+        jax.tree_util.tree_structure(params),
+        tuple(_spec(leaf) for leaf in jax.tree_util.tree_leaves(params)),
+        batch_size,
+    )
+    try:
+        found = _ESTIMATES.get(key)
+    except TypeError:  # an unhashable model: estimate afresh, keep nothing
+        found, key = None, None
+    if found is None:
+        found = _estimates(apply_fn, tuple(trace_axes), params, x1, x2, batch_size)
+        if key is not None:
+            _ESTIMATES[key] = found
+            while len(_ESTIMATES) > 64:
+                _ESTIMATES.pop(next(iter(_ESTIMATES)))  # the oldest
+    estimates, one_block_bytes = found
+    best = min(estimates, key=estimates.get)
+    if one_block_bytes is None:  # Jacobian contraction, or the whole is one block already
+        return Choice(best, batch_size, estimates)
+    limit, _ = memory.available_memory("device")
+    fits = limit is None or one_block_bytes <= limit / 2
+    whole = max(len(x1), len(x1 if x2 is None else x2))
+    return Choice(best, whole if fits else batch_size, estimates)
+
+
+_ESTIMATES: dict = {}  # choose_implementation's cache: key -> _estimates(...)
+
+
+def _estimates(apply_fn, trace_axes, params, x1, x2, batch_size: int):
+    """``({implementation: estimated s}, bytes of structured derivatives in one block or None
+    where not needed)``; see :func:`choose_implementation`."""
+    s1, s2 = _spec(x1), None if x2 is None else _spec(x2)
+    rates = cost.device_rates(memory.device_name(jax.devices()[0]))
+    p_spec = jax.tree.map(_spec, params)
+    estimates: dict[str, float] = {}
+    n_params, out_shape = _model_shapes(apply_fn, params, x1)
+    if _kept_jacobian_bytes(n_params, out_shape, x1, x2, trace_axes) is not None:
+        jc = _jitted(_empirical_ntk_fn(apply_fn, "jacobian_contraction", trace_axes))
+        estimates["jacobian_contraction"] = cost.of(jc.lower(s1, s2, p_spec)).seconds(rates)
+    sd = _jitted(_empirical_ntk_fn(apply_fn, "structured_derivatives", trace_axes))
+    lowered = sd.lower(s1, s2, p_spec)
+    estimates["structured_derivatives"] = cost.of(lowered).seconds(rates)
+    whole = max(s1.shape[0], s1.shape[0] if s2 is None else s2.shape[0])
+    if min(estimates, key=estimates.get) != "structured_derivatives" or whole <= batch_size:
+        return estimates, None
+    stats = lowered.compile().memory_analysis()
+    needs = getattr(stats, "temp_size_in_bytes", 0) + getattr(stats, "output_size_in_bytes", 0)
+    return estimates, int(needs)

@@ -711,7 +711,7 @@ def train_linearized(
     method: str = "auto",
     offset: bool = True,
     ntk: np.ndarray | None = None,
-    implementation: str = "structured_derivatives",
+    implementation: str = "auto",
     block: int = 1000,
     desc: str = "linearized",
     **kw,

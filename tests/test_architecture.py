@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ntkrepro"
 LAYERS = {
-    "leaves": {"compat", "errors", "files", "memo", "progress", "memory"},
+    "leaves": {"compat", "errors", "files", "memo", "progress", "memory", "cost"},
     "science": {"models", "kernels", "predict", "metrics", "train", "meanfield", "data"}
     | {"datasets", "nad", "intervals"},
     "reproduction": {"__init__", "config", "claims", "results", "plotting", "measure"},

@@ -199,14 +199,12 @@ def test_kept_jacobians_equal_the_block_pair_path(problem, model, traced, monkey
     axes = (-1,) if traced else ()
     assert kernels.keeps_jacobians(apply_fn, params, x, None, axes)
     pairs = [(x, None), (xt, x)]
-    kept = [
-        kernels.empirical_ntk(apply_fn, params, a, b, batch_size=5, trace_axes=axes)
-        for a, b in pairs
-    ]
+    jc = dict(batch_size=5, trace_axes=axes, implementation="jacobian_contraction")
+    kept = [kernels.empirical_ntk(apply_fn, params, a, b, **jc) for a, b in pairs]
     monkeypatch.setattr(kernels, "KEEP_JACOBIANS_BYTES", 0)
     assert not kernels.keeps_jacobians(apply_fn, params, x, None, axes)
     for (a, b), got in zip(pairs, kept, strict=True):
-        blocked = kernels.empirical_ntk(apply_fn, params, a, b, batch_size=5, trace_axes=axes)
+        blocked = kernels.empirical_ntk(apply_fn, params, a, b, **jc)
         assert got.shape == blocked.shape == (len(a), len(x)) + (() if traced else (3, 3))
         np.testing.assert_allclose(got, blocked, rtol=1e-5, atol=1e-6)
     square = kept[0]
@@ -223,3 +221,49 @@ def test_keeping_jacobians_needs_flat_outputs_and_a_budget(problem, monkeypatch)
     assert kernels.keeps_jacobians(apply_fn, params, x)
     assert not kernels.keeps_jacobians(apply_fn, params, x, x)  # twice the Jacobians
     assert not kernels.keeps_jacobians(apply_fn, params, x, trace_axes=(0,))
+
+
+def _auto_models():
+    """A wide MLP (structured derivatives are far cheaper) and a CNN of a few hundred
+    parameters (the kept Jacobians are), on 60 inputs."""
+    rng = np.random.default_rng(2)
+    wide = models.fcn(512, 2, 1)
+    x_wide = rng.normal(size=(60, 64)).astype(np.float32)
+    small = models.cnn(4, 1, 1, readout="gap")
+    x_small = rng.normal(size=(60, 6, 6, 1)).astype(np.float32)
+    out = {}
+    for name, (init_fn, apply_fn, _), x in (("wide", wide, x_wide), ("small", small, x_small)):
+        out[name] = (apply_fn, init_fn(jax.random.PRNGKey(0), x.shape)[1], x)
+    return out
+
+
+def test_auto_chooses_from_the_whole_computation(monkeypatch):
+    m = _auto_models()
+    apply_fn, params, x = m["wide"]
+    choice = kernels.choose_implementation(apply_fn, params, x, batch_size=16)
+    assert choice.implementation == "structured_derivatives"
+    assert choice.batch_size == len(x)  # the whole kernel in one block, not 16 x 16 blocks
+    assert choice.estimates["structured_derivatives"] < choice.estimates["jacobian_contraction"]
+    # Estimated once per model and shapes: a second choice reuses the cached estimate.
+    cached = dict(kernels._ESTIMATES)
+    assert kernels.choose_implementation(apply_fn, params, x, batch_size=16) == choice
+    assert kernels._ESTIMATES == cached
+    # Where one block would not fit in memory, the blocks of batch_size are kept.
+    monkeypatch.setenv("NTKREPRO_MAX_MEMORY_GB", "1e-6")
+    assert kernels.choose_implementation(apply_fn, params, x, batch_size=16).batch_size == 16
+    monkeypatch.delenv("NTKREPRO_MAX_MEMORY_GB")
+    apply_fn, params, x = m["small"]
+    assert kernels.choose_implementation(apply_fn, params, x).implementation == (
+        "jacobian_contraction"
+    )
+
+
+@pytest.mark.parametrize("name", ["wide", "small"])
+def test_auto_gives_the_kernel_of_every_implementation(name):
+    apply_fn, params, x = _auto_models()[name]
+    auto = kernels.empirical_ntk(apply_fn, params, x[:40], x, batch_size=16)
+    for impl in ("jacobian_contraction", "structured_derivatives"):
+        other = kernels.empirical_ntk(
+            apply_fn, params, x[:40], x, batch_size=16, implementation=impl
+        )
+        np.testing.assert_allclose(auto, other, rtol=2e-4, atol=1e-5 * np.abs(other).max())
