@@ -59,9 +59,19 @@ def device_rates(device: str | None = None) -> Rates:
     return Rates(2 * 1024**3 / matmul, 2 * x.nbytes / stream, device or dev.device_kind)
 
 
-def of(lowered) -> Cost:
-    """The :class:`Cost` of a ``jax.jit(f).lower(...)`` result (zero where XLA gives none)."""
-    analysis = lowered.cost_analysis() or {}
+def _counts(analysis) -> dict | None:
     if isinstance(analysis, list | tuple):  # older JAX: one dict per computation
-        analysis = analysis[0] if analysis else {}
-    return Cost(float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)))
+        analysis = analysis[0] if analysis else None
+    return analysis if analysis and "flops" in analysis else None
+
+
+def of(lowered) -> Cost:
+    """The :class:`Cost` of a ``jax.jit(f).lower(...)`` result. Where the lowered computation
+    has no count (PJRT plugins such as CUDA's), the compiled one's is taken: the compilation is
+    cached, so the call that follows reuses it. ValueError where neither has one."""
+    analysis = _counts(lowered.cost_analysis())
+    if analysis is None:
+        analysis = _counts(lowered.compile().cost_analysis())
+    if analysis is None:
+        raise ValueError("XLA gives no operation count for this computation on this device")
+    return Cost(float(analysis["flops"]), float(analysis.get("bytes accessed", 0.0)))

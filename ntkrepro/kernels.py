@@ -24,7 +24,7 @@ IMPLEMENTATIONS = {
     "jacobian_contraction": nt.NtkImplementation.JACOBIAN_CONTRACTION,
     "ntk_vector_products": nt.NtkImplementation.NTK_VECTOR_PRODUCTS,
     "structured_derivatives": nt.NtkImplementation.STRUCTURED_DERIVATIVES,
-    "auto": nt.NtkImplementation.AUTO,
+    "auto": None,  # choose_implementation, for the whole computation (not neural-tangents' AUTO)
 }
 
 
@@ -39,11 +39,13 @@ def _pad(x: jax.Array, multiple: int) -> tuple[jax.Array, int]:
 
 def _batched(fn: Callable, x1, x2, batch_size: int, *args):
     """``fn(x1, x2, *args)`` in ``batch_size`` blocks by ``nt.batch`` (across all devices;
-    peak memory ~ ``batch_size**2``). ``nt.batch`` caches its compilation on ``fn``: pass
-    the same ``fn`` object (arrays such as parameters in ``args``) not to recompile."""
+    peak memory ~ ``batch_size**2``); on one device, where both fit in one block, one call.
+    ``nt.batch`` caches its compilation on ``fn``: pass the same ``fn`` object (arrays such as
+    parameters in ``args``) not to recompile."""
     same = x2 is None
     x2 = x1 if same else x2
-    if max(x1.shape[0], x2.shape[0]) <= batch_size:  # one block: no padding, no nt.batch
+    one_block = max(x1.shape[0], x2.shape[0]) <= batch_size
+    if one_block and jax.local_device_count() == 1:  # no padding, no nt.batch
         out = _jitted(fn)(jnp.asarray(x1), None if same else jnp.asarray(x2), *args)
         return jax.tree_util.tree_map(np.asarray, out)
     b = max(1, min(batch_size, x1.shape[0], x2.shape[0]))
@@ -386,7 +388,7 @@ def _check_empirical_memory(
     )
     if kept_bytes is not None:  # all examples' Jacobians, each once
         parts["jacobians"] = kept_bytes
-    elif implementation not in ("jacobian_contraction", "auto"):
+    elif implementation != "jacobian_contraction":
         parts["jacobians"] = 0  # other implementations never hold whole Jacobians
     what = f"the empirical NTK of {n1} x {n2} examples ({n_params:,} parameters)"
     fix = "Reduce width or depth (parameters), batch_size, or the number of examples"
@@ -428,8 +430,12 @@ def choose_implementation(
     from its compilation, exceeds half the memory available now). The estimates are cached per
     model, shapes and device: they trace and lower the computation (~0.1-0.4 s; a compilation
     where the one block is checked, which the call then reuses), nothing runs."""
+    devices = jax.devices()
     key = (
         apply_fn,
+        memory.device_name(devices[0]),
+        len(devices),
+        KEEP_JACOBIANS_BYTES,
         tuple(trace_axes),
         _spec(x1),
         None if x2 is None else _spec(x2),
@@ -466,7 +472,7 @@ def _estimates(apply_fn, trace_axes, params, x1, x2, batch_size: int):
     s1, s2 = _spec(x1), None if x2 is None else _spec(x2)
     rates = cost.device_rates(memory.device_name(jax.devices()[0]))
     p_spec = jax.tree.map(_spec, params)
-    estimates: dict[str, float] = {}
+    estimates: dict[str, float] = {}  # seconds; XLA's counts are a ranking, not a forecast
     n_params, out_shape = _model_shapes(apply_fn, params, x1)
     if _kept_jacobian_bytes(n_params, out_shape, x1, x2, trace_axes) is not None:
         jc = _jitted(_empirical_ntk_fn(apply_fn, "jacobian_contraction", trace_axes))

@@ -41,8 +41,9 @@ def available_memory(where: str = "host") -> tuple[int | None, str]:
     """Bytes a computation may use, and where the number comes from.
 
     ``where="host"``: the RAM the OS reports as available; ``"device"``: the first JAX
-    device's memory limit (the host's on CPU). ``$NTKREPRO_MAX_MEMORY_GB`` caps both (a
-    budget on a shared machine, and the tests). None: unknown (nothing is refused).
+    device's free memory, its limit less what is in use (the host's on CPU).
+    ``$NTKREPRO_MAX_MEMORY_GB`` caps both (a budget on a shared machine, and the tests).
+    None: unknown (nothing is refused).
     """
     limit: int | None = None
     source = "unknown"
@@ -52,7 +53,8 @@ def available_memory(where: str = "host") -> tuple[int | None, str]:
         device = jax.devices()[0]
         stats = device.memory_stats() if device.platform != "cpu" else None
         if stats and stats.get("bytes_limit"):
-            limit, source = int(stats["bytes_limit"]), f"memory of {device_name(device)}"
+            limit = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+            source = f"free memory of {device_name(device)}"
     if limit is None:
         limit, source = _meminfo_available(), "available RAM (/proc/meminfo)"
     if env := os.environ.get("NTKREPRO_MAX_MEMORY_GB"):

@@ -480,7 +480,7 @@ class LinearizedResult:
     (as :func:`train` records it); ``snapshots`` ``{step: f_eval}`` and ``train_snapshots``
     ``{step: f_train}`` at the snapshot steps (0 = init); ``method`` (``"ntk"`` or
     ``"jacobian"``); ``params``: the final θ for ``"jacobian"`` (the trained model is
-    ``linearize(apply_fn, anchor)(params, x)``), None for ``"ntk"``, which never forms θ;
+    ``linearize(apply_fn, anchor)(params, x)``), None for ``"ntk"``, which keeps coordinates of θ;
     ``diverged_at``: the first step with a NaN/inf loss, else None."""
 
     f_train: np.ndarray
@@ -545,25 +545,69 @@ def commutes_with_linear_maps(optimizer: optax.GradientTransformation, steps: in
 
 
 @memoized(32)
-def moves_without_gradient(optimizer: optax.GradientTransformation, steps: int = 4) -> bool:
-    """Whether ``optimizer`` makes non-zero updates from zero gradients over a few steps from
-    random parameters (weight decay does; SGD with momentum, Adam do not). A probe; an optimizer
-    it cannot run on a flat array counts as moving."""
+def moves_without_gradient(optimizer: optax.GradientTransformation, steps: int = 8) -> bool:
+    """Whether ``optimizer`` may move θ without a gradient (weight decay does; SGD with momentum
+    and schedules, Adam do not): True where its update needs the parameters (it fails when given
+    none), or where ``steps`` updates from zero gradients at random parameters are not all zero.
+    An optimizer it cannot run on a flat array counts as moving."""
     theta = jnp.asarray(np.random.default_rng(0).normal(size=5), jnp.float32)
+    zeros = jnp.zeros_like(theta)
 
     @jax.jit
     def sizes(theta):
         state, out = optimizer.init(theta), []
+        optimizer.update(zeros, state, None)  # raises where the update reads the parameters
         for _ in range(steps):
-            u, state = optimizer.update(jnp.zeros_like(theta), state, theta)
+            u, state = optimizer.update(zeros, state, theta)
             out.append(jnp.abs(u).max())
             theta = theta + u
         return jnp.stack(out)
 
     try:
         return bool(np.any(np.asarray(sizes(theta)) != 0))
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 -- any failure: it reads the parameters, or is unknown
         return True
+
+
+def _spec_key(tree) -> tuple:
+    """A hashable key of a pytree's structure, shapes and dtypes."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    specs = tuple((tuple(np.shape(x)), str(getattr(x, "dtype", "float32"))) for x in leaves)
+    return jax.tree_util.tree_structure(tree), specs
+
+
+def acts_elementwise_on_the_flat_vector(optimizer: optax.GradientTransformation, like) -> bool:
+    """Whether ``optimizer`` gives the same updates on a parameter pytree shaped ``like`` as on
+    its values raveled into one flat vector (a probe over a few steps). Function-space training
+    runs it on other coordinates than θ, so masks or labels by leaf shape or name (weight decay
+    on matrices only, ``optax.multi_transform``) must be refused there."""
+    return _flat_probe(optimizer, *_spec_key(like))  # memoized: unhashable ones probe afresh
+
+
+@memoized(32)
+def _flat_probe(optimizer, treedef, specs, steps: int = 3) -> bool:
+    rng = np.random.default_rng(1)
+    leaves = [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape, _ in specs]
+    theta = jax.tree_util.tree_unflatten(treedef, leaves)
+    flat, unravel = ravel_pytree(theta)
+    grads = [jnp.asarray(rng.normal(size=flat.shape), jnp.float32) for _ in range(steps)]
+
+    @jax.jit
+    def gap(theta, flat):
+        state, state_flat, out = optimizer.init(theta), optimizer.init(flat), []
+        for g in grads:
+            u, state = optimizer.update(unravel(g), state, theta)
+            u_flat, state_flat = optimizer.update(g, state_flat, flat)
+            u = ravel_pytree(u)[0]
+            scale = jnp.linalg.norm(u) + jnp.linalg.norm(u_flat)
+            out.append(jnp.where(scale > 0, jnp.linalg.norm(u - u_flat) / scale, 0.0))
+            theta, flat = optax.apply_updates(theta, unravel(u)), flat + u_flat
+        return jnp.stack(out)
+
+    try:
+        return bool(np.all(np.asarray(gap(theta, flat)) <= 1e-5))
+    except Exception:  # noqa: BLE001 -- it cannot run on one of the two: not elementwise
+        return False
 
 
 @memoized(32)
@@ -622,8 +666,8 @@ def _kernels_at_anchor(
     x2 = np.concatenate([np.asarray(x_train), np.asarray(x_eval)]) if with_eval else None
     theta = kernels.empirical_ntk(apply_fn, anchor, x_train, x2, **kw)
     rows = (theta[..., None, None] if k == 1 else theta).transpose(0, 2, 1, 3)
-    theta_et = rows[:, :, n:].transpose(2, 3, 0, 1) if with_eval else None
-    return np.ascontiguousarray(rows[:, :, :n]), theta_et
+    theta_et = jnp.asarray(rows[:, :, n:].transpose(2, 3, 0, 1)) if with_eval else None
+    return jnp.asarray(rows[:, :, :n]), theta_et  # on the device once, each a copy of its own
 
 
 def _check_inputs(apply_fn, anchor, x_train, y_train, x_eval) -> int:
@@ -665,8 +709,8 @@ def _given_kernels(ntk, n: int, n_all: int, k: int) -> tuple[np.ndarray, np.ndar
         )
     rows = ntk[:n].transpose(0, 2, 1, 3)  # Θ[train, all] as [i, l, j, m]
     # Θ[eval, train][e, l, t, m] = Θ[t, e, m, l]: the kernel is symmetric
-    theta_et = np.ascontiguousarray(rows[:, :, n:].transpose(2, 3, 0, 1))
-    return np.ascontiguousarray(rows[:, :, :n]), theta_et
+    theta_et = jnp.asarray(rows[:, :, n:].transpose(2, 3, 0, 1))
+    return jnp.asarray(rows[:, :, :n]), theta_et
 
 
 def _linear_outputs(kernel, w, f0, image=None) -> jax.Array:
@@ -679,18 +723,25 @@ def _linear_outputs(kernel, w, f0, image=None) -> jax.Array:
 _linear_outputs_jit = jax.jit(_linear_outputs)
 
 
-def _choose_method(method: str, optimizer, n: int, n_all: int, k: int, n_params: int, given: bool):
+def _choose_method(
+    method: str, optimizer, anchor, n: int, n_all: int, k: int, n_params: int, given: bool
+):
     """The method that ``"auto"`` stands for (a given kernel: ``"ntk"``), checked."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}: use one of {', '.join(METHODS)}")
     if given and method == "jacobian":
         raise ValueError("a precomputed ntk serves method='ntk' only")
     method = "ntk" if given else method
-    linear = method != "jacobian" and commutes_with_linear_maps(optimizer)
+    linear = (
+        method != "jacobian"
+        and commutes_with_linear_maps(optimizer)
+        and acts_elementwise_on_the_flat_vector(optimizer, anchor)
+    )
     if method == "ntk" and not linear:
         raise ValueError(
-            "method='ntk' needs an optimizer whose updates commute with linear maps (optax.sgd "
-            "with momentum/schedule, add_decayed_weights); use method='jacobian' for this one"
+            "method='ntk' needs an optimizer whose updates commute with linear maps and do not "
+            "depend on the parameters' shapes (optax.sgd with momentum/schedule, "
+            "add_decayed_weights without a mask); use method='jacobian' for this one"
         )
     # The kernel's floats against the Jacobians': one of them is held for the whole run.
     small_kernel = n * n_all * k * k <= n_all * k * n_params
@@ -745,7 +796,7 @@ def train_linearized(
     x_all = np.concatenate([np.asarray(x_train), np.asarray(x_eval)])
     n, n_all = len(x_train), len(x_all)
     n_params = ravel_pytree(anchor)[0].size
-    method = _choose_method(method, optimizer, n, n_all, k, n_params, ntk is not None)
+    method = _choose_method(method, optimizer, anchor, n, n_all, k, n_params, ntk is not None)
     if offset:
         f0 = jnp.concatenate(_blocks(partial(_forward_fn(apply_fn), anchor), x_all, block))
     else:
@@ -753,6 +804,7 @@ def train_linearized(
     fit = partial(_fit, y=y_train, optimizer=optimizer, steps=steps, desc=desc, **kw)
     params = None
     if method == "ntk":
+        # Evaluations of x_eval: the end, and the snapshots before it (step 0 is f_0)
         evaluations = len({t for t in kw.get("snapshot_steps", ()) if 0 < t < steps} | {steps})
         theta_tt, theta_et = _kernels_at_anchor(
             apply_fn, anchor, x_train, x_eval, k, ntk, evaluations, implementation, block
@@ -785,7 +837,12 @@ def train_linearized(
             return np.concatenate([np.asarray(f_tr), np.asarray(f_ev)])
 
         f = linear_outputs(w)
-        outs = {t: linear_outputs(st[0]) if t else np.asarray(f0) for t, st in snaps.items()}
+        last = steps if diverged_at is None else None  # the final state is that snapshot's
+
+        def snapshot(t, st):
+            return np.asarray(f0) if t == 0 else f if t == last else linear_outputs(st[0])
+
+        outs = {t: snapshot(t, st) for t, st in snaps.items()}
     else:
         what = f"the tangent features of {n_all} examples ({n_params:,} parameters)"
         jac_bytes = n_all * k * n_params * kernels._itemsize()

@@ -27,6 +27,8 @@ def test_batched_analytic_equals_unbatched(problem):
     batched = kernels.analytic(kernel_fn, xt, x, batch_size=4)
     np.testing.assert_allclose(batched["ntk"], direct.ntk, rtol=1e-5)
     np.testing.assert_allclose(batched["nngp"], direct.nngp, rtol=1e-5)
+    one_block = kernels.analytic(kernel_fn, xt, x, batch_size=len(x))  # no nt.batch, no padding
+    np.testing.assert_allclose(one_block["ntk"], direct.ntk, rtol=1e-5)
     same = kernels.analytic(kernel_fn, x, get="ntk", batch_size=5)
     # On the diagonal the ReLU recursion evaluates arccos(cos θ ≈ 1), ill-conditioned in
     # float32: blocks that see a point twice differ from the unblocked x2=None path by
@@ -245,9 +247,13 @@ def test_auto_chooses_from_the_whole_computation(monkeypatch):
     assert choice.batch_size == len(x)  # the whole kernel in one block, not 16 x 16 blocks
     assert choice.estimates["structured_derivatives"] < choice.estimates["jacobian_contraction"]
     # Estimated once per model and shapes: a second choice reuses the cached estimate.
-    cached = dict(kernels._ESTIMATES)
+    calls = []
+    estimate = kernels._estimates
+    monkeypatch.setattr(kernels, "_estimates", lambda *a: calls.append(1) or estimate(*a))
     assert kernels.choose_implementation(apply_fn, params, x, batch_size=16) == choice
-    assert kernels._ESTIMATES == cached
+    assert calls == []
+    kernels.choose_implementation(apply_fn, params, x[:30], batch_size=16)  # other shapes
+    assert calls == [1]
     # Where one block would not fit in memory, the blocks of batch_size are kept.
     monkeypatch.setenv("NTKREPRO_MAX_MEMORY_GB", "1e-6")
     assert kernels.choose_implementation(apply_fn, params, x, batch_size=16).batch_size == 16

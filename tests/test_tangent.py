@@ -74,7 +74,7 @@ def test_same_trajectory_as_training_the_linearization(arch, loss):
 def test_linearization_from_theta_t():
     x, y, xe, apply_fn, params0, _ = _task("mlp", 2)
     theta_t = train.train(apply_fn, params0, x, y, **_recipe("mse")).params
-    kw = _recipe("mse", key=jax.random.PRNGKey(2))
+    kw = _recipe("mse", key=jax.random.PRNGKey(2), snapshot_steps=[0])
     want = {}
     for offset in (True, False):  # from f(θ_t), and the tangent model (zero at θ_t)
         f_lin = jax.jit(train.linearize(apply_fn, theta_t, offset=offset))
@@ -84,7 +84,8 @@ def test_linearization_from_theta_t():
                 apply_fn, theta_t, x, y, xe, method=method, offset=offset, **kw
             )
             assert _rel(res.f_eval, want[offset]) < 1e-4, (offset, method)
-            assert np.abs(res.snapshots.get(0, 0.0)).max() == 0.0 or offset
+            assert 0 in res.snapshots
+            assert np.abs(res.snapshots[0]).max() == 0.0 or offset  # the tangent model: zero
     assert _rel(want[False], want[True]) > 1e-2
     # The anchor matters: the linearization at θ_0 ends elsewhere.
     at_init = train.train_linearized(apply_fn, params0, x, y, xe, **kw)
@@ -107,7 +108,7 @@ def test_weight_decay_through_the_jacobian_path():
     assert _rel(f_lin(no_decay, xe), want) > 1e-3  # the decay made a difference
 
 
-def test_eval_outputs_by_kernel_block_and_by_vjp_jvp_agree():
+def test_eval_outputs_by_kernel_block_and_by_vjp_jvp_agree(monkeypatch):
     # With a few evaluations of x_eval the function-space path pulls α back (vjp) and pushes it
     # forward (jvp); with more it computes Θ[eval, train]. Weight decay moves θ off the span of
     # the training Jacobians (s ≠ 1), which both must carry.
@@ -115,12 +116,42 @@ def test_eval_outputs_by_kernel_block_and_by_vjp_jvp_agree():
     opt = optax.chain(optax.add_decayed_weights(0.05), OPT)
     kw = {**_recipe("xent", key=jax.random.PRNGKey(6)), "optimizer": opt}
     ref = train.train(f_lin, params, x, y, **kw, snapshot_steps=[10, 20, 30, 40])
-    few = train.train_linearized(apply_fn, params, x, y, xe, **kw, snapshot_steps=[20])
+    pullbacks = []
+    pullback = train._pullback
+    monkeypatch.setattr(train, "_pullback", lambda *a: pullbacks.append(1) or pullback(*a))
+    few = train.train_linearized(apply_fn, params, x, y, xe, **kw, snapshot_steps=[20, 50])
+    assert len(pullbacks) == 2  # step 20 and the end (step 50, the same state, reused)
     many = train.train_linearized(apply_fn, params, x, y, xe, **kw, snapshot_steps=[10, 20, 30, 40])
+    assert len(pullbacks) == 2  # the kernel block Θ[eval, train] served all five
+    np.testing.assert_array_equal(few.snapshots[50], few.f_eval)
     for res in (few, many):
+        assert res.method == "ntk"
         assert _rel(res.f_eval, f_lin(ref.params, xe)) < 1e-4
         assert _rel(res.snapshots[20], f_lin(ref.snapshots[20], xe)) < 1e-4
     assert _rel(many.snapshots[40], f_lin(ref.snapshots[40], xe)) < 1e-4
+
+
+def test_weight_decay_that_starts_late_or_is_masked_is_not_mistaken_for_none():
+    # A decay whose learning rate is zero for the first steps still moves θ without a
+    # gradient later: s must be kept. A decay masked by leaf shape (matrices only) acts
+    # differently on the function-space coordinates: refused there, trained on the Jacobian.
+    x, y, xe, apply_fn, params, f_lin = _task("mlp", 2)
+    late = optax.join_schedules([optax.constant_schedule(0.0), optax.constant_schedule(0.3)], [10])
+    delayed = optax.chain(optax.add_decayed_weights(0.2), optax.sgd(late))
+    assert train.moves_without_gradient(delayed)
+    kw = {**_recipe("mse", key=jax.random.PRNGKey(9)), "optimizer": delayed}
+    want = f_lin(train.train(f_lin, params, x, y, **kw).params, xe)
+    assert _rel(train.train_linearized(apply_fn, params, x, y, xe, **kw).f_eval, want) < 1e-4
+    matrices = lambda p: jax.tree.map(lambda a: a.ndim > 1, p)  # noqa: E731
+    masked = optax.chain(optax.add_decayed_weights(0.2, mask=matrices), optax.sgd(0.3))
+    assert train.commutes_with_linear_maps(masked)  # on a flat vector it looks linear...
+    assert not train.acts_elementwise_on_the_flat_vector(masked, params)  # ...but it is not
+    kw["optimizer"] = masked
+    want = f_lin(train.train(f_lin, params, x, y, **kw).params, xe)
+    res = train.train_linearized(apply_fn, params, x, y, xe, **kw)
+    assert res.method == "jacobian" and _rel(res.f_eval, want) < 1e-4
+    with pytest.raises(ValueError, match="depend on the parameters' shapes"):
+        train.train_linearized(apply_fn, params, x, y, xe, method="ntk", **kw)
 
 
 def test_adam_trains_on_the_jacobian_and_is_refused_in_function_space():
