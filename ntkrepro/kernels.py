@@ -133,13 +133,16 @@ def empirical_ntk(
     trace_axes = tuple(trace_axes)
     shapes = _model_shapes(apply_fn, params, x1)  # traces the model once, computes nothing
     kept_bytes = _kept_jacobian_bytes(*shapes, x1, x2, trace_axes)
+    working = None
     if implementation == "auto":
         choice = choose_implementation(apply_fn, params, x1, x2, trace_axes, batch_size)
         implementation, batch_size = choice.implementation, choice.batch_size
+        working = choice.working_bytes
     keep = implementation == "jacobian_contraction" and kept_bytes is not None
     if check_memory:
+        kept = kept_bytes if keep else None
         _check_empirical_memory(
-            *shapes, x1, x2, batch_size, implementation, trace_axes, kept_bytes if keep else None
+            *shapes, x1, x2, batch_size, implementation, trace_axes, kept, working
         )
     if keep:
         return _entk_kept_jacobians(apply_fn, params, x1, x2, batch_size, bool(trace_axes))
@@ -404,10 +407,12 @@ def empirical_ntk_bytes(
 
 
 def _check_empirical_memory(
-    n_params, out_shape, x1, x2, batch_size, implementation, trace_axes, kept_bytes
+    n_params, out_shape, x1, x2, batch_size, implementation, trace_axes, kept_bytes, working=None
 ):
     """Refuse an eNTK whose estimate exceeds the memory (see :func:`empirical_ntk_bytes`);
-    ``kept_bytes``: the Jacobians of all examples, where they are kept, else None."""
+    ``kept_bytes``: the Jacobians of all examples, where they are kept, else None;
+    ``working``: the compiled working memory of one block, where known (structured
+    derivatives chosen by ``"auto"``)."""
     n_outputs = math.prod(out_shape)
     n1, n2 = len(x1), len(x1 if x2 is None else x2)
     parts = empirical_ntk_bytes(
@@ -422,9 +427,14 @@ def _check_empirical_memory(
         parts["jacobians"] = kept_bytes
     elif implementation != "jacobian_contraction":
         parts["jacobians"] = 0  # other implementations never hold whole Jacobians
+    device_part = "jacobians"
+    if working is not None and implementation != "jacobian_contraction":
+        del parts["jacobians"]
+        device_part = "working memory of a block (compiled)"
+        parts[device_part] = working
     what = f"the empirical NTK of {n1} x {n2} examples ({n_params:,} parameters)"
     fix = "Reduce width or depth (parameters), batch_size, or the number of examples"
-    _require(what, parts, device_part="jacobians", fix=fix)
+    _require(what, parts, device_part=device_part, fix=fix)
 
 
 def _require(what: str, parts: dict[str, int], device_part: str, fix: str = "") -> None:
@@ -440,12 +450,15 @@ def _require(what: str, parts: dict[str, int], device_part: str, fix: str = "") 
 
 class Choice(NamedTuple):
     """How :func:`empirical_ntk` computes one kernel: ``implementation``, ``batch_size`` (the
-    whole problem where it fits in memory, for structured derivatives) and the estimated
-    seconds of each way considered, ``estimates`` ``{name: s}``."""
+    whole problem where it fits in memory, for structured derivatives), the estimated seconds
+    of each way considered, ``estimates`` ``{name: s}``, and for structured derivatives over
+    more than one block the compiled working memory of the block size chosen
+    (``working_bytes``, else None)."""
 
     implementation: str
     batch_size: int
     estimates: dict[str, float]
+    working_bytes: int | None = None
 
 
 def _spec(x) -> jax.ShapeDtypeStruct:
@@ -485,22 +498,25 @@ def choose_implementation(
             _ESTIMATES[key] = found
             while len(_ESTIMATES) > 64:
                 _ESTIMATES.pop(next(iter(_ESTIMATES)))  # the oldest
-    estimates, one_block_bytes = found
+    estimates, one_block_bytes, block_bytes = found
     best = min(estimates, key=estimates.get)
     if one_block_bytes is None:  # Jacobian contraction, or the whole is one block already
         return Choice(best, batch_size, estimates)
     limit, _ = memory.available_memory("device")
     fits = limit is None or one_block_bytes <= limit / 2
     whole = max(len(x1), len(x1 if x2 is None else x2))
-    return Choice(best, whole if fits else batch_size, estimates)
+    if fits:
+        return Choice(best, whole, estimates, one_block_bytes)
+    return Choice(best, batch_size, estimates, block_bytes)
 
 
 _ESTIMATES: dict = {}  # choose_implementation's cache: key -> _estimates(...)
 
 
 def _estimates(apply_fn, trace_axes, params, x1, x2, batch_size: int):
-    """``({implementation: estimated s}, bytes of structured derivatives in one block or None
-    where not needed)``; see :func:`choose_implementation`."""
+    """``({implementation: estimated s}, compiled bytes of structured derivatives in one block
+    and in a ``batch_size`` block, or None, None where not needed)``; see
+    :func:`choose_implementation`."""
     s1, s2 = _spec(x1), None if x2 is None else _spec(x2)
     rates = cost.device_rates(memory.device_name(jax.devices()[0]))
     p_spec = jax.tree.map(_spec, params)
@@ -514,7 +530,16 @@ def _estimates(apply_fn, trace_axes, params, x1, x2, batch_size: int):
     estimates["structured_derivatives"] = cost.of(lowered).seconds(rates)
     whole = max(s1.shape[0], s1.shape[0] if s2 is None else s2.shape[0])
     if min(estimates, key=estimates.get) != "structured_derivatives" or whole <= batch_size:
-        return estimates, None
-    stats = lowered.compile().memory_analysis()
-    needs = getattr(stats, "temp_size_in_bytes", 0) + getattr(stats, "output_size_in_bytes", 0)
-    return estimates, int(needs)
+        return estimates, None, None
+
+    def working(lowered) -> int:
+        stats = lowered.compile().memory_analysis()
+        return int(sum(getattr(stats, f"{part}_size_in_bytes", 0) for part in ("temp", "output")))
+
+    b1, b2 = min(batch_size, s1.shape[0]), min(batch_size, whole if s2 is None else s2.shape[0])
+    block = sd.lower(_spec_rows(s1, b1), _spec_rows(s1 if s2 is None else s2, b2), p_spec)
+    return estimates, working(lowered), working(block)
+
+
+def _spec_rows(spec: jax.ShapeDtypeStruct, rows: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((rows, *spec.shape[1:]), spec.dtype)

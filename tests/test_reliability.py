@@ -495,11 +495,17 @@ def test_wide_deep_empirical_ntk_is_refused_with_the_number(
     _, params = jax.eval_shape(lambda k: init_fn(k, (1, 8)), jax.random.PRNGKey(0))  # shapes
     x = jnp.zeros((256, 8))
     with pytest.raises(memory.MemoryBudgetError) as err:
-        kernels.empirical_ntk(apply_fn, params, x)
+        kernels.empirical_ntk(apply_fn, params, x, implementation="jacobian_contraction")
     message = str(err.value)
     # 2.1M parameters x 10 outputs x 2 blocks of 128, float32: 22 GB of Jacobians.
     assert "2,118,666 parameters" in message and "jacobians 21.7 GB" in message
     assert "Reduce width or depth" in message
+    # "auto" takes structured derivatives (no Jacobians held), whose compiled block needs
+    # ~46 MB: refused below that, before any compute, with that number.
+    monkeypatch.setenv("NTKREPRO_MAX_MEMORY_GB", "0.002")
+    with pytest.raises(memory.MemoryBudgetError, match=r"working memory of a block \(compiled\)"):
+        kernels.empirical_ntk(apply_fn, params, x)
+    monkeypatch.setenv("NTKREPRO_MAX_MEMORY_GB", "0.05")
     init_fn, apply_fn, _ = models.fcn(16, 1, 10)  # a narrow one fits
     _, params = init_fn(jax.random.PRNGKey(0), (1, 8))
     assert kernels.empirical_ntk(apply_fn, params, x[:4], batch_size=2).shape == (4, 4)
