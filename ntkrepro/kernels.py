@@ -18,7 +18,7 @@ import neural_tangents as nt
 import numpy as np
 
 from ntkrepro import cost, memory
-from ntkrepro.memo import memoized
+from ntkrepro.memo import memoized, spec_key
 
 IMPLEMENTATIONS = {
     "jacobian_contraction": nt.NtkImplementation.JACOBIAN_CONTRACTION,
@@ -154,11 +154,7 @@ def _model_shapes(apply_fn: Callable, params, x) -> tuple[int, tuple[int, ...]]:
     """(number of parameters, output shape of one example), from shapes alone (cached: tracing
     the model took ~1.5 ms, a fifth of a small CNN's whole kernel on 200 inputs)."""
     # Works on abstract parameters (jax.eval_shape of init_fn) too: nothing is computed.
-    leaves = jax.tree_util.tree_leaves(params)
-    specs = tuple(
-        (tuple(getattr(leaf, "shape", np.shape(leaf))), str(leaf.dtype)) for leaf in leaves
-    )
-    return _shapes(apply_fn, jax.tree_util.tree_structure(params), specs, x.shape[1:], str(x.dtype))
+    return _shapes(apply_fn, *spec_key(params), x.shape[1:], str(x.dtype))
 
 
 @memoized(64)
@@ -183,7 +179,7 @@ def _kept_jacobian_bytes(n_params: int, out_shape, x1, x2, trace_axes) -> int | 
         return None
     if len(out_shape) != 1:
         return None
-    n = len(x1) + (0 if x2 is None else len(x2))
+    n = x1.shape[0] + (0 if x2 is None else x2.shape[0])  # arrays or their specs
     n_bytes = n * out_shape[0] * n_params * _itemsize()
     return n_bytes if n_bytes <= KEEP_JACOBIANS_BYTES else None
 
@@ -476,7 +472,7 @@ def choose_implementation(
     model, shapes and device: they trace and lower the computation (~0.1-0.4 s; a compilation
     where the one block is checked, which the call then reuses), nothing runs."""
     devices = jax.devices()
-    key = (
+    estimates, one_block_bytes, block_bytes = _estimates(
         apply_fn,
         memory.device_name(devices[0]),
         len(devices),
@@ -484,21 +480,9 @@ def choose_implementation(
         tuple(trace_axes),
         _spec(x1),
         None if x2 is None else _spec(x2),
-        jax.tree_util.tree_structure(params),
-        tuple(_spec(leaf) for leaf in jax.tree_util.tree_leaves(params)),
+        *spec_key(params),
         batch_size,
     )
-    try:
-        found = _ESTIMATES.get(key)
-    except TypeError:  # an unhashable model: estimate afresh, keep nothing
-        found, key = None, None
-    if found is None:
-        found = _estimates(apply_fn, tuple(trace_axes), params, x1, x2, batch_size)
-        if key is not None:
-            _ESTIMATES[key] = found
-            while len(_ESTIMATES) > 64:
-                _ESTIMATES.pop(next(iter(_ESTIMATES)))  # the oldest
-    estimates, one_block_bytes, block_bytes = found
     best = min(estimates, key=estimates.get)
     if one_block_bytes is None:  # Jacobian contraction, or the whole is one block already
         return Choice(best, batch_size, estimates)
@@ -510,33 +494,32 @@ def choose_implementation(
     return Choice(best, batch_size, estimates, block_bytes)
 
 
-_ESTIMATES: dict = {}  # choose_implementation's cache: key -> _estimates(...)
-
-
-def _estimates(apply_fn, trace_axes, params, x1, x2, batch_size: int):
+@memoized(64)
+def _estimates(apply_fn, device, n_devices, keep_bytes, trace_axes, s1, s2, treedef, specs, batch):
     """``({implementation: estimated s}, compiled bytes of structured derivatives in one block
-    and in a ``batch_size`` block, or None, None where not needed)``; see
-    :func:`choose_implementation`."""
-    s1, s2 = _spec(x1), None if x2 is None else _spec(x2)
-    rates = cost.device_rates(memory.device_name(jax.devices()[0]))
-    p_spec = jax.tree.map(_spec, params)
+    and in a ``batch`` block, or None, None where not needed)``, from shapes alone: cached per
+    model, device (name and count), keep budget, trace axes, input and parameter shapes, block
+    size; see :func:`choose_implementation`."""
+    del n_devices, keep_bytes  # in the cache key only: _kept_jacobian_bytes reads them
+    rates = cost.device_rates(device)
+    p_spec = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in specs])
     estimates: dict[str, float] = {}  # seconds; XLA's counts are a ranking, not a forecast
-    n_params, out_shape = _model_shapes(apply_fn, params, x1)
-    if _kept_jacobian_bytes(n_params, out_shape, x1, x2, trace_axes) is not None:
+    n_params, out_shape = _shapes(apply_fn, treedef, specs, s1.shape[1:], str(s1.dtype))
+    if _kept_jacobian_bytes(n_params, out_shape, s1, s2, trace_axes) is not None:
         jc = _jitted(_empirical_ntk_fn(apply_fn, "jacobian_contraction", trace_axes))
         estimates["jacobian_contraction"] = cost.of(jc.lower(s1, s2, p_spec)).seconds(rates)
     sd = _jitted(_empirical_ntk_fn(apply_fn, "structured_derivatives", trace_axes))
     lowered = sd.lower(s1, s2, p_spec)
     estimates["structured_derivatives"] = cost.of(lowered).seconds(rates)
     whole = max(s1.shape[0], s1.shape[0] if s2 is None else s2.shape[0])
-    if min(estimates, key=estimates.get) != "structured_derivatives" or whole <= batch_size:
+    if min(estimates, key=estimates.get) != "structured_derivatives" or whole <= batch:
         return estimates, None, None
 
     def working(lowered) -> int:
         stats = lowered.compile().memory_analysis()
         return int(sum(getattr(stats, f"{part}_size_in_bytes", 0) for part in ("temp", "output")))
 
-    b1, b2 = min(batch_size, s1.shape[0]), min(batch_size, whole if s2 is None else s2.shape[0])
+    b1, b2 = min(batch, s1.shape[0]), min(batch, whole if s2 is None else s2.shape[0])
     block = sd.lower(_spec_rows(s1, b1), _spec_rows(s1 if s2 is None else s2, b2), p_spec)
     return estimates, working(lowered), working(block)
 

@@ -32,3 +32,13 @@ def memoized(maxsize: int) -> Callable[[F], F]:
         return get
 
     return wrap
+
+
+def spec_key(tree) -> tuple:
+    """``(treedef, ((shape, dtype), ...))``: a hashable key of a pytree's structure, leaf shapes
+    and dtypes (arrays, or ``jax.ShapeDtypeStruct``), for caches keyed on shapes alone."""
+    import jax  # here: the other factories of this module need no JAX
+
+    leaves = jax.tree_util.tree_leaves(tree)
+    specs = tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
+    return jax.tree_util.tree_structure(tree), specs

@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 
 from ntkrepro import kernels, memory
 from ntkrepro import progress as _progress
-from ntkrepro.memo import memoized
+from ntkrepro.memo import memoized, spec_key
 
 
 def mse(f: jax.Array, y: jax.Array) -> jax.Array:
@@ -569,19 +569,12 @@ def moves_without_gradient(optimizer: optax.GradientTransformation, steps: int =
         return True
 
 
-def _spec_key(tree) -> tuple:
-    """A hashable key of a pytree's structure, shapes and dtypes."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    specs = tuple((tuple(np.shape(x)), str(getattr(x, "dtype", "float32"))) for x in leaves)
-    return jax.tree_util.tree_structure(tree), specs
-
-
 def acts_elementwise_on_the_flat_vector(optimizer: optax.GradientTransformation, like) -> bool:
     """Whether ``optimizer`` gives the same updates on a parameter pytree shaped ``like`` as on
     its values raveled into one flat vector (a probe over a few steps). Function-space training
     runs it on other coordinates than θ, so masks or labels by leaf shape or name (weight decay
     on matrices only, ``optax.multi_transform``) must be refused there."""
-    return _flat_probe(optimizer, *_spec_key(like))  # memoized: unhashable ones probe afresh
+    return _flat_probe(optimizer, *spec_key(like))  # memoized: unhashable ones probe afresh
 
 
 @memoized(32)
