@@ -55,6 +55,25 @@ class Estimate(NamedTuple):
             samples=tuple(float(fn(s)) for s in self.samples),
         )
 
+    def magnitude(self) -> Estimate:
+        """The estimate of ``|value|``, for a two-sided claim ("the effect is at least δ, of
+        either sign"): the interval is the image of this one under ``abs``, from 0 when this
+        one contains 0, so ``magnitude() >= δ`` holds iff the interval lies beyond ±δ."""
+        low, high = self.low, self.high
+        if math.isnan(low) or math.isnan(high):
+            ends = (math.nan, math.nan)
+        elif low > 0 or high < 0:
+            ends = tuple(sorted((abs(low), abs(high))))
+        else:
+            ends = (0.0, max(-low, high))
+        return self._replace(
+            value=abs(self.value),
+            low=float(ends[0]),
+            high=float(ends[1]),
+            method=f"{self.method}; its absolute value",
+            samples=tuple(abs(s) for s in self.samples),
+        )
+
 
 def over_seeds(values: Sequence[float], level: float = LEVEL) -> Estimate:
     """Mean and Student-t interval of per-seed values (one value per root seed).

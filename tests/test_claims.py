@@ -154,6 +154,32 @@ def test_bootstrap_is_paired_and_covers_the_mean():
         intervals.bootstrap(np.mean, a, b[:10])
 
 
+@pytest.mark.parametrize(
+    ("low", "high", "ends", "verdict"),
+    [
+        # the signed interval wholly beyond +0.02 or -0.02: the claim "|change| >= 0.02" holds
+        (0.03, 0.05, (0.03, 0.05), claims.REPRODUCED),
+        (-0.05, -0.03, (0.03, 0.05), claims.REPRODUCED),
+        # it contains 0: the magnitude may be 0, and the check cannot decide for the claim
+        (-0.01, 0.04, (0.0, 0.04), claims.INCONCLUSIVE),
+        # wholly inside (-0.02, 0.02): not reproduced, whichever sign
+        (-0.015, 0.01, (0.0, 0.015), claims.NOT_REPRODUCED),
+        (0.005, 0.01, (0.005, 0.01), claims.NOT_REPRODUCED),
+        # beyond -0.02 on one end only: inconclusive
+        (-0.03, 0.01, (0.0, 0.03), claims.INCONCLUSIVE),
+    ],
+)
+def test_magnitude_judges_a_two_sided_claim(low, high, ends, verdict):
+    e = Estimate((low + high) / 2, low, high, "t-interval over 5 seeds", 5, (low, high))
+    m = e.magnitude()
+    assert m.interval == pytest.approx(ends)
+    assert m.value == pytest.approx(abs(e.value))
+    assert m.samples == pytest.approx((abs(low), abs(high)))
+    assert "absolute value" in m.method
+    assert claims.decide(m.low, m.high, ">=", 0.02) == verdict
+    assert math.isnan(Estimate(0.1, math.nan, math.nan, "one seed", 1).magnitude().low)
+
+
 def test_map_transforms_the_ends():
     e = Estimate(1.0, 0.5, 2.0, "m", 3, (0.5, 1.0, 1.5))
     assert e.map(math.log).interval == (math.log(0.5), math.log(2.0))
