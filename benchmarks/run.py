@@ -521,7 +521,7 @@ def bench_solve(ns: list[int], repeats: int, diag_reg: float = 1e-4) -> dict:
 # ---------------------------------------------------------------------------- notebooks
 
 NOTEBOOK_TARGETS = {
-    "cpu": {"per_notebook_s": 300.0, "total_s": 5400.0},
+    "cpu": {"per_notebook_s": 300.0, "total_s": 3600.0},
     "smoke": {"total_s": 600.0},
 }
 

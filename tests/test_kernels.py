@@ -152,6 +152,28 @@ def test_distance_alignment_accuracy():
     np.testing.assert_allclose(metrics.relative_change(kt, k0), [0.5, 0.0])
 
 
+def test_top_eigh_matches_the_full_eigendecomposition():
+    rng = np.random.default_rng(3)
+    # A kernel with a decaying spectrum, in float32 as the eNTKs are.
+    q = np.linalg.qr(rng.normal(size=(400, 400)))[0]
+    spectrum = 100.0 * 0.9 ** np.arange(400)
+    k = ((q * spectrum) @ q.T).astype(np.float32)
+    lam, v = kernels.eigh_desc(k)
+    # Lanczos (count <= n / 10): the same top eigenpairs, to float32 precision.
+    lam_t, v_t = kernels.top_eigh(k, 20)
+    assert v_t.shape == (400, 20) and np.all(np.diff(lam_t) <= 0)
+    np.testing.assert_allclose(lam_t, lam[:20], rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(v_t * v[:, :20], axis=0)), 1.0, atol=1e-4)
+    # The full path (count > n / 10) is eigh_desc itself, cut.
+    lam_f, v_f = kernels.top_eigh(k, 41)
+    np.testing.assert_array_equal(lam_f, lam[:41])
+    np.testing.assert_array_equal(v_f, v[:, :41])
+    with pytest.raises(ValueError, match="count"):
+        kernels.top_eigh(k, 0)
+    with pytest.raises(ValueError, match="square"):
+        kernels.top_eigh(k[:10], 2)
+
+
 @pytest.mark.parametrize("readout", ["vec", "gap"])
 def test_cnn_readouts_give_networks_and_kernels(readout):
     x = np.random.default_rng(2).normal(size=(3, 6, 6, 2)).astype(np.float32)
