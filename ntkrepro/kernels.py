@@ -369,7 +369,10 @@ def top_eigh(k: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     )
     # A fixed start vector: ARPACK's default is random, and runs must repeat to the bit.
     start = np.random.default_rng(0).standard_normal(n)
-    lam, v = eigsh(op, k=count, which="LA", v0=start)
+    # Products in float32 carry ~1e-7 relative error: ARPACK's default tolerance (float64
+    # machine precision) would then be out of reach.
+    tol = 10 * float(np.finfo(a.dtype).eps) if a.dtype == np.float32 else 0.0
+    lam, v = eigsh(op, k=count, which="LA", v0=start, tol=tol)
     order = np.argsort(lam)[::-1]
     return lam[order], v[:, order]
 

@@ -167,6 +167,9 @@ def test_top_eigh_matches_the_full_eigendecomposition():
     again = kernels.top_eigh(k, 20)  # a fixed start: the same bits on a rerun
     np.testing.assert_array_equal(again[0], lam_t)
     np.testing.assert_array_equal(again[1], v_t)
+    # The boundary count = n / 10 is still Lanczos.
+    lam_b = kernels.top_eigh(k, 40)[0]
+    np.testing.assert_allclose(lam_b, lam[:40], rtol=1e-5)
     # The full path (count > n / 10) is eigh_desc itself, cut.
     lam_f, v_f = kernels.top_eigh(k, 41)
     np.testing.assert_array_equal(lam_f, lam[:41])
