@@ -38,7 +38,12 @@ def spec_key(tree) -> tuple:
     """``(treedef, ((shape, dtype), ...))``: a hashable key of a pytree's structure, leaf shapes
     and dtypes (arrays, or ``jax.ShapeDtypeStruct``), for caches keyed on shapes alone."""
     import jax  # here: the other factories of this module need no JAX
+    import numpy as np
+
+    def spec(leaf) -> tuple:
+        # Python scalars as leaves too: they have neither .shape nor .dtype.
+        dtype = getattr(leaf, "dtype", None)
+        return tuple(np.shape(leaf)), str(np.result_type(leaf) if dtype is None else dtype)
 
     leaves = jax.tree_util.tree_leaves(tree)
-    specs = tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
-    return jax.tree_util.tree_structure(tree), specs
+    return jax.tree_util.tree_structure(tree), tuple(spec(leaf) for leaf in leaves)
