@@ -1,5 +1,8 @@
-"""Mean-field signal propagation (Poole et al. 2016; Seleznova & Kutyniok 2022), NTK
-parameterization (``weight_var`` σ_w², ``bias_var`` σ_b²): variance map, ``q*``, ``χ₁``."""
+"""Mean-field signal propagation (Poole et al. 2016; Schoenholz et al. 2017) of fully
+connected networks with weight and bias variances ``weight_var`` σ_w², ``bias_var`` σ_b²
+(the forward maps are the same in NTK and standard parameterization): variance map, ``q*``,
+``χ₁``, correlation map, depth scale, and the phase points of the Seleznova & Kutyniok
+(2022) chapter."""
 
 from __future__ import annotations
 
@@ -11,19 +14,41 @@ import scipy.integrate
 import scipy.optimize
 import scipy.special
 
-CLOSED_FORM = ("relu", "erf")
+# Activations ``a erf(b u) + c`` with closed-form Gaussian expectations, as (a, b, c):
+# "sigmoid" is neural-tangents' ``stax.Sigmoid_like``, the erf fitted to the logistic function.
+ERF_FAMILY = {"erf": (1.0, 1.0, 0.0), "sigmoid": (0.5, 1 / 2.4020563531719796, 0.5)}
+CLOSED_FORM = ("relu", *ERF_FAMILY)
 PHASES = ("ordered", "edge", "chaotic")
 
-# The initializations of every figure of the chapter: σ_b² fixed, σ_w² such that χ₁ is:
-BIAS_VAR = 0.05
-PHASE_CHI = {"ordered": 0.5, "edge": 1.0, "chaotic": 1.5}
+# The initializations of every figure of the chapter: the authors' σ_b² = 0 (trainable biases,
+# zero at init) and σ_w² where χ₁ takes these values. ReLU: σ_w² = 1.0, 2.0, 2.2, the values
+# of ntk_train_dynamics.py in github.com/mselezniova/ntk_beyond_limit. The sigmoid's mean of
+# 1/2 correlates every pair of inputs, so its chaotic fixed point stays close to 1: c* = 0.977
+# at χ₁ = 1.1, 0.920 at χ₁ = 1.5, which is the chaotic point taken for it.
+BIAS_VAR = 0.0
+PHASE_CHI = {
+    "relu": {"ordered": 0.5, "edge": 1.0, "chaotic": 1.1},
+    "sigmoid": {"ordered": 0.5, "edge": 1.0, "chaotic": 1.5},
+}
+DEFAULT_CHI = {"ordered": 0.5, "edge": 1.0, "chaotic": 1.5}
 _expit = scipy.special.expit
+
+
+def _erf_family(a: float, b: float, c: float) -> tuple[Callable, Callable]:
+    def fn(x):
+        return a * scipy.special.erf(b * x) + c
+
+    def grad(x):
+        return a * b * 2 / np.sqrt(np.pi) * np.exp(-((b * x) ** 2))
+
+    return fn, grad
+
 
 NUMERIC: dict[str, tuple[Callable, Callable]] = {
     "relu": (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float)),
-    "erf": (scipy.special.erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-(x**2))),
+    **{name: _erf_family(*abc) for name, abc in ERF_FAMILY.items()},
     "tanh": (np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
-    "sigmoid": (_expit, lambda x: _expit(x) * (1.0 - _expit(x))),
+    "logistic": (_expit, lambda x: _expit(x) * (1.0 - _expit(x))),
 }
 
 
@@ -67,12 +92,21 @@ def variance_map(q: float, weight_var: float, bias_var: float, act: str) -> floa
     _check_act(act)
     if act == "relu":
         second = q / 2
-    elif act == "erf":
-        second = 2 / np.pi * np.arcsin(2 * q / (1 + 2 * q))
+    elif act in ERF_FAMILY:
+        second = _erf_cross(q, q, 1.0, act)
     else:
         phi = NUMERIC[act][0]
         second = gauss_expectation(lambda u: phi(u) ** 2, q)
     return weight_var * second + bias_var
+
+
+def _erf_cross(q1: float, q2: float, c: float, act: str) -> float:
+    """``E[φ(u) φ(v)]`` for ``φ = a erf(b ·) + c0`` and centred Gaussians of variances ``q1``,
+    ``q2`` and correlation ``c`` (Williams 1997): ``a² (2/π) arcsin(...) + c0²``."""
+    a, b, c0 = ERF_FAMILY[act]
+    s1, s2 = 2 * b * b * q1, 2 * b * b * q2
+    arg = c * np.sqrt(s1 * s2) / np.sqrt((1 + s1) * (1 + s2))
+    return a * a * 2 / np.pi * np.arcsin(arg) + c0 * c0
 
 
 def fixed_point(
@@ -84,8 +118,8 @@ def fixed_point(
         if weight_var < 2:
             return bias_var / (1 - weight_var / 2)
         return q0 if (weight_var == 2 and bias_var == 0) else np.inf
-    if act == "erf":
-        return _erf_fixed_point(weight_var, bias_var)
+    if act in ERF_FAMILY:
+        return _erf_fixed_point(weight_var, bias_var, act)
     q = q0
     for _ in range(100_000):
         new = variance_map(q, weight_var, bias_var, act)
@@ -97,14 +131,17 @@ def fixed_point(
     return q
 
 
-def _erf_fixed_point(weight_var: float, bias_var: float) -> float:
-    """Stable fixed point of the erf variance map (for ``σ_b² = 0``: 0 unless ``4 σ_w²/π > 1``)."""
-    top = weight_var + bias_var
-    if bias_var == 0 and 4 * weight_var / np.pi <= 1:
+def _erf_fixed_point(weight_var: float, bias_var: float, act: str) -> float:
+    """Stable fixed point of an erf-family variance map: the map is increasing and concave in
+    ``q``, between ``σ_w² c² + σ_b²`` and ``σ_w² (a² + c²) + σ_b²``. A centred one (``c = 0``)
+    with ``σ_b² = 0`` has ``q* = 0`` unless its slope at 0, ``4 σ_w² a² b²/π``, exceeds 1."""
+    a, b, c = ERF_FAMILY[act]
+    floor, top = weight_var * c * c + bias_var, weight_var * (a * a + c * c) + bias_var
+    if floor == 0 and 4 * weight_var * (a * b) ** 2 / np.pi <= 1:
         return 0.0
-    # For σ_b² = 0, the positive root: start where the map is still above the diagonal.
-    lo = bias_var if bias_var > 0 else (top * 1e-9 if bias_var == 0 else 1e-300)
-    h = lambda q: variance_map(q, weight_var, bias_var, "erf") - q  # noqa: E731
+    # With floor 0, the positive root: start where the map is still above the diagonal.
+    lo = floor if floor > 0 else top * 1e-9
+    h = lambda q: variance_map(q, weight_var, bias_var, act) - q  # noqa: E731
     return float(scipy.optimize.brentq(h, lo, top, xtol=1e-14, rtol=1e-13))
 
 
@@ -114,8 +151,9 @@ def chi1(weight_var: float, bias_var: float, act: str, numeric: bool = False) ->
     if not numeric:
         if act == "relu":
             return weight_var / 2
+        a, b, _ = ERF_FAMILY[act]
         q = fixed_point(weight_var, bias_var, act)
-        return weight_var * 4 / np.pi / np.sqrt(1 + 4 * q)
+        return weight_var * (a * b) ** 2 * 4 / np.pi / np.sqrt(1 + 4 * b * b * q)
     phi, dphi = NUMERIC[act]
     adaptive = False if act == "relu" else None
     q = 1.0
@@ -138,8 +176,36 @@ def correlation_map(c: float, q: float, weight_var: float, bias_var: float, act:
         theta = np.arccos(c)
         cross = q * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / (2 * np.pi)
     else:
-        cross = 2 / np.pi * np.arcsin(2 * c * q / (1 + 2 * q))
+        cross = _erf_cross(q, q, c, act)
     return (weight_var * cross + bias_var) / variance_map(q, weight_var, bias_var, act)
+
+
+def correlation_fixed_point(
+    weight_var: float, bias_var: float, act: str, depth: int = 100_000, tol: float = 1e-12
+) -> float:
+    """The correlation ``c*`` that two inputs with ``c = 1/2`` reach at ``q*`` (1 below and at
+    the edge of chaos, below 1 in a chaotic phase). ReLU without bias is homogeneous: its
+    correlation map does not depend on ``q`` and reaches ``c* = 1`` in every phase, slowly."""
+    _check_act(act, closed_form=True)
+    q = fixed_point(weight_var, bias_var, act)
+    if act == "relu" and bias_var == 0:
+        q = 1.0
+    if not np.isfinite(q) or q == 0:
+        raise ValueError(f"no finite q* > 0 for {act} at σ_w² = {weight_var}, σ_b² = {bias_var}")
+    c = 0.5  # not 0: an odd activation without bias keeps c = 0 in every phase
+    for _ in range(depth):
+        new = correlation_map(c, q, weight_var, bias_var, act)
+        if abs(new - c) <= tol:
+            return float(new)
+        c = new
+    return float(c)
+
+
+def depth_scale(weight_var: float, bias_var: float, act: str) -> float:
+    """Ordered-phase depth scale ``ξ = -1 / ln χ₁`` (layers) over which input correlations and
+    gradients decay (Schoenholz et al. 2017); ``inf`` at and beyond the edge of chaos."""
+    chi = chi1(weight_var, bias_var, act)
+    return -1.0 / np.log(chi) if chi < 1 else np.inf
 
 
 def weight_var_for_chi(
@@ -163,11 +229,16 @@ def edge_of_chaos(bias_var: float, act: str) -> float:
     return weight_var_for_chi(1.0, bias_var, act)
 
 
+def phase_chis(act: str) -> dict[str, float]:
+    """``{phase: χ₁}`` of the chapter's initializations for ``act`` (:data:`PHASE_CHI`)."""
+    return dict(PHASE_CHI.get(act, DEFAULT_CHI))
+
+
 def phase_points(
     act: str, bias_var: float = BIAS_VAR, chis: dict[str, float] | None = None
 ) -> dict[str, tuple[float, float]]:
-    """``{phase: (σ_w², σ_b²)}`` at fixed ``σ_b²`` where ``χ₁`` equals :data:`PHASE_CHI`."""
-    chis = PHASE_CHI if chis is None else chis
+    """``{phase: (σ_w², σ_b²)}`` at fixed ``σ_b²`` where ``χ₁`` equals :func:`phase_chis`."""
+    chis = phase_chis(act) if chis is None else chis
     return {ph: (weight_var_for_chi(chi, bias_var, act), bias_var) for ph, chi in chis.items()}
 
 

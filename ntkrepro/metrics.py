@@ -104,6 +104,16 @@ def dispersion(ntks: np.ndarray) -> dict[str, float]:
     }
 
 
+def log_moment_ratio(values: np.ndarray) -> float:
+    """``mean_x log(E_s[v²] / E_s[v]²)`` of ``values`` ``(S, n)`` (rows: initializations,
+    columns: inputs), i.e. ``log(1 + CV²)`` with population moments: the quantity that
+    Hanin & Nica (2019) predict as ``≈ 5 L / n`` for the diagonal NTK of a ReLU network."""
+    v = np.asarray(values, np.float64)
+    if v.ndim != 2 or v.shape[0] < 2:
+        raise ValueError(f"values must be (S >= 2, n), got {v.shape}")
+    return float(np.mean(np.log(np.mean(v**2, axis=0) / np.mean(v, axis=0) ** 2)))
+
+
 def spearman(a, b) -> float:
     """Spearman rank correlation of two sequences (average ranks for ties)."""
     from scipy.stats import spearmanr

@@ -14,7 +14,8 @@ Triple = tuple[Callable, Callable, Callable]
 
 ACTIVATIONS: dict[str, Callable[[], tuple]] = {
     "relu": stax.Relu,
-    "erf": stax.Erf,  # sigmoid-like, with closed-form kernels
+    "erf": stax.Erf,
+    "sigmoid": stax.Sigmoid_like,  # 0.5 erf(x / 2.402) + 0.5, the logistic fit; closed forms
     "gelu": stax.Gelu,
     "identity": stax.Identity,
 }

@@ -60,7 +60,7 @@ def test_tanh_edge_of_chaos_without_bias_is_one_by_quadrature():
 
 
 def test_variance_map_closed_forms_match_quadrature():
-    for act in ("relu", "erf"):
+    for act in ("relu", "erf", "sigmoid"):
         phi = meanfield.NUMERIC[act][0]
         for q in (0.1, 1.0, 5.0):
             numeric = 1.7 * meanfield.gauss_expectation(lambda u, f=phi: f(u) ** 2, q) + 0.2
@@ -81,13 +81,13 @@ def _relu_cross(q, c):
 
 
 def test_correlation_map_closed_forms_match_quadrature():
-    erf = meanfield.NUMERIC["erf"][0]
-    for act in ("relu", "erf"):
+    for act in ("relu", "erf", "sigmoid"):
+        phi = meanfield.NUMERIC[act][0]
         for q, c in [(0.7, 0.2), (1.5, -0.4), (3.0, 0.9)]:
             if act == "relu":
                 cross = _relu_cross(q, c)
             else:
-                cross = _gauss2(lambda u, v: erf(u) * erf(v), q, c)
+                cross = _gauss2(lambda u, v, f=phi: f(u) * f(v), q, c)
             expected = (1.3 * cross + 0.1) / meanfield.variance_map(q, 1.3, 0.1, act)
             tol = 1e-7 if act == "relu" else 1e-6  # 2D Gauss-Hermite of order 60 for erf
             assert meanfield.correlation_map(c, q, 1.3, 0.1, act) == pytest.approx(
@@ -95,7 +95,10 @@ def test_correlation_map_closed_forms_match_quadrature():
             ), (act, q, c)
 
 
-@pytest.mark.parametrize("act,w,b", [("relu", 1.2, 0.1), ("erf", 0.8, 0.05), ("erf", 3.0, 0.3)])
+@pytest.mark.parametrize(
+    "act,w,b",
+    [("relu", 1.2, 0.1), ("erf", 0.8, 0.05), ("erf", 3.0, 0.3), ("sigmoid", 40.0, 0.0)],
+)
 def test_chi1_is_the_slope_of_the_correlation_map_at_one(act, w, b):
     q = meanfield.fixed_point(w, b, act)
     assert meanfield.correlation_map(1.0, q, w, b, act) == pytest.approx(1.0, abs=1e-9)
@@ -105,15 +108,55 @@ def test_chi1_is_the_slope_of_the_correlation_map_at_one(act, w, b):
 
 
 def test_phase_points_hit_their_chi_and_are_ordered():
-    for act in ("relu", "erf"):
-        pts = meanfield.phase_points(act)
-        assert list(pts) == list(meanfield.PHASES)
+    for act in ("relu", "sigmoid", "erf"):
+        pts, chis = meanfield.phase_points(act), meanfield.phase_chis(act)
+        assert list(pts) == list(meanfield.PHASES) == list(chis)
         for phase, (w, b) in pts.items():
             assert b == meanfield.BIAS_VAR
-            assert meanfield.chi1(w, b, act) == pytest.approx(meanfield.PHASE_CHI[phase], rel=1e-8)
+            assert meanfield.chi1(w, b, act) == pytest.approx(chis[phase], rel=1e-8)
         ws = [pts[p][0] for p in meanfield.PHASES]
         assert ws == sorted(ws) and len(set(ws)) == 3
-    assert meanfield.phase_points("relu")["edge"][0] == pytest.approx(2.0)
+    # the authors' ReLU values (ntk_beyond_limit, ntk_train_dynamics.py: var_w_s, var_b = 0)
+    relu = meanfield.phase_points("relu")
+    assert [relu[p] for p in meanfield.PHASES] == [(1.0, 0.0), (2.0, 0.0), (2.2, 0.0)]
+
+
+def test_sigmoid_is_the_stax_sigmoid_like_and_close_to_the_logistic():
+    from neural_tangents import stax
+
+    x = np.linspace(-6, 6, 101)
+    _, apply_fn, _ = stax.Sigmoid_like()
+    ours = meanfield.NUMERIC["sigmoid"][0](x)
+    np.testing.assert_allclose(np.asarray(apply_fn((), x)), ours, atol=1e-6)
+    assert np.max(np.abs(ours - meanfield.NUMERIC["logistic"][0](x))) < 0.02
+    # its χ₁ = 1 line: closed form equals quadrature of the same function; the logistic
+    # function's own edge (quadrature) is within 2% of it at σ_b² = 0
+    edge = meanfield.edge_of_chaos(0.0, "sigmoid")
+    assert meanfield.weight_var_for_chi(1.0, 0.0, "sigmoid", numeric=True) == pytest.approx(
+        edge, rel=1e-6
+    )
+    logistic = meanfield.weight_var_for_chi(1.0, 0.0, "logistic", numeric=True)
+    assert logistic == pytest.approx(edge, rel=0.02) and logistic != pytest.approx(edge, rel=1e-3)
+
+
+def test_correlation_fixed_point_and_depth_scale():
+    # ReLU without bias: c* = 1 in every phase (homogeneous; approached polynomially)
+    for w in (1.0, 2.0, 2.2):
+        assert meanfield.correlation_fixed_point(w, 0.0, "relu") == pytest.approx(1.0, abs=1e-6)
+    # sigmoid: c* = 1 in the ordered phase, a fixed point below 1 beyond the edge
+    pts = meanfield.phase_points("sigmoid")
+    assert meanfield.correlation_fixed_point(*pts["ordered"], "sigmoid") == pytest.approx(1.0)
+    c_star = meanfield.correlation_fixed_point(*pts["chaotic"], "sigmoid")
+    assert 0.5 < c_star < 0.95
+    w, b = pts["chaotic"]
+    q = meanfield.fixed_point(w, b, "sigmoid")
+    assert meanfield.correlation_map(c_star, q, w, b, "sigmoid") == pytest.approx(c_star)
+    # ξ = -1/ln χ₁ in the ordered phase, infinite at and beyond the edge
+    assert meanfield.depth_scale(1.0, 0.0, "relu") == pytest.approx(1 / np.log(2))
+    assert meanfield.depth_scale(*pts["ordered"], "sigmoid") == pytest.approx(1 / np.log(2))
+    assert meanfield.depth_scale(2.0, 0.0, "relu") == np.inf
+    with pytest.raises(ValueError, match="q"):
+        meanfield.correlation_fixed_point(2.2, 0.1, "relu")
 
 
 def test_bad_activation_is_refused():
@@ -228,3 +271,15 @@ def test_ensemble_prediction_matches_neural_tangents():
     mean0, cov0 = predict.ensemble_prediction(blocks["nngp"], blocks["ntk"], np.asarray(y), 0.0)
     np.testing.assert_allclose(mean0, 0.0, atol=1e-12)
     np.testing.assert_allclose(cov0, blocks["nngp"]["ss"], rtol=1e-6)
+
+
+def test_log_moment_ratio_known_values():
+    # two equally likely values 1 and 3: E[v²] = 5, E[v]² = 4
+    v = np.array([[1.0, 2.0], [3.0, 2.0]])
+    assert metrics.log_moment_ratio(v) == pytest.approx(np.log(5 / 4) / 2)
+    # a log-normal with σ² = 0.3: log(E[v²]/E[v]²) = σ²
+    rng = np.random.default_rng(0)
+    ln = np.exp(rng.normal(0.0, 0.3**0.5, size=(200_000, 3)))
+    assert metrics.log_moment_ratio(ln) == pytest.approx(0.3, rel=0.03)
+    with pytest.raises(ValueError, match="S >= 2"):
+        metrics.log_moment_ratio(np.ones((1, 3)))
