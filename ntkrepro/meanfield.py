@@ -202,8 +202,10 @@ def correlation_fixed_point(
 
 
 def depth_scale(weight_var: float, bias_var: float, act: str) -> float:
-    """Ordered-phase depth scale ``ξ = -1 / ln χ₁`` (layers) over which input correlations and
-    gradients decay (Schoenholz et al. 2017); ``inf`` at and beyond the edge of chaos."""
+    """Ordered-phase depth scale ``ξ = -1 / ln χ₁`` (layers) over which gradients vanish and,
+    where ``q* > 0``, input correlations converge to 1 (Schoenholz et al. 2017; ReLU without
+    bias has ``q* = 0`` and correlations that converge only polynomially); ``inf`` at and
+    beyond the edge of chaos."""
     chi = chi1(weight_var, bias_var, act)
     return -1.0 / np.log(chi) if chi < 1 else np.inf
 

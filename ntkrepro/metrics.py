@@ -138,6 +138,27 @@ def neighbour_agreement(x: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(labels == labels[np.argmin(dist, axis=1)]))
 
 
+def crossing(depths: Sequence[float], values: Sequence[float], level: float) -> float:
+    """The depth at which ``values`` first reach ``level`` (e.g. a loss ratio reaching 0.5: the
+    depth where networks stop training), interpolated linearly in log depth between the two
+    grid points around it. ``nan`` if the first value is already at or above ``level`` (or is
+    not finite), ``inf`` if no value reaches it; a non-finite value counts as reaching it."""
+    d = np.asarray(depths, np.float64)
+    v = np.asarray(values, np.float64)
+    if d.shape != v.shape or d.ndim != 1 or np.any(d <= 0) or np.any(np.diff(d) <= 0):
+        raise ValueError("depths must be positive and increasing, one value per depth")
+    reached = ~(v < level)  # NaN (diverged) counts as not trained
+    if reached[0]:
+        return float("nan")
+    if not reached.any():
+        return float("inf")
+    i = int(np.argmax(reached))
+    if not np.isfinite(v[i]):
+        return float(d[i])
+    frac = (level - v[i - 1]) / (v[i] - v[i - 1])
+    return float(np.exp(np.log(d[i - 1]) + frac * (np.log(d[i]) - np.log(d[i - 1]))))
+
+
 def first_mismatch(depths: Sequence[int], ratios: Sequence[float], factor: float) -> int | None:
     """The first depth whose ``ratio`` (measured / predicted) leaves ``[1/factor, factor]``
     (a non-finite ratio leaves it); None if none does."""

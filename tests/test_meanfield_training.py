@@ -74,6 +74,18 @@ def test_accuracies_known_values_and_non_finite_outputs():
     assert np.isnan(acc[2])
 
 
+def test_crossing_interpolates_in_log_depth():
+    depths = [1, 2, 4, 8]
+    # reaches 0.5 halfway between depths 2 and 4 (in the loss ratio): at 2 * sqrt(2) in log depth
+    assert metrics.crossing(depths, [0.1, 0.3, 0.7, 0.9], 0.5) == pytest.approx(2 * 2**0.5)
+    assert metrics.crossing(depths, [0.1, 0.5, 0.7, 0.9], 0.5) == pytest.approx(2.0)
+    assert metrics.crossing(depths, [0.1, 0.2, 0.3, 0.4], 0.5) == np.inf
+    assert np.isnan(metrics.crossing(depths, [0.6, 0.2, 0.3, 0.4], 0.5))
+    assert metrics.crossing(depths, [0.1, 0.2, np.nan, 0.4], 0.5) == 4.0  # diverged: not trained
+    with pytest.raises(ValueError, match="increasing"):
+        metrics.crossing([2, 1], [0.1, 0.9], 0.5)
+
+
 def test_first_mismatch():
     depths = [1, 2, 4, 8]
     assert metrics.first_mismatch(depths, [1.0, 1.2, 0.9, 1.1], 1.5) is None
