@@ -243,6 +243,17 @@ def gradient_flow_from(
 # ------------------------------------------------------------------------- GP posteriors
 
 
+def _flow_operator(ntk: dict[str, np.ndarray], n_entries: int, t: float) -> np.ndarray:
+    """``A = Θ_st Θ_tt^{-1} (I - exp(-Θ_tt t / (n k)))`` ``(m, n)`` in float64, through the
+    eigendecomposition of ``Θ_tt`` (``(1 - e^{-λ s}) / λ → s`` for ``λ = 0``)."""
+    scale = t / n_entries
+    lam, v = np.linalg.eigh(np.asarray(ntk["tt"], np.float64))
+    lam = np.clip(lam, 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.where(lam > 0, -np.expm1(-lam * scale) / lam, scale)
+    return np.asarray(ntk["st"], np.float64) @ v @ np.diag(g) @ v.T
+
+
 def ensemble_prediction(
     nngp: dict[str, np.ndarray], ntk: dict[str, np.ndarray], y_train: np.ndarray, t: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -254,16 +265,25 @@ def ensemble_prediction(
     ``nt.predict.gradient_descent_mse_ensemble`` computes, accurate for ill-conditioned deep
     kernels. (Its mean equals :func:`gradient_flow`'s up to round-off.)"""
     y = np.asarray(y_train, np.float64)
-    scale = t / y.size
-    lam, v = np.linalg.eigh(np.asarray(ntk["tt"], np.float64))
-    lam = np.clip(lam, 0.0, None)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.where(lam > 0, -np.expm1(-lam * scale) / lam, scale)
-    a = np.asarray(ntk["st"], np.float64) @ v @ np.diag(g) @ v.T  # (m, n)
+    a = _flow_operator(ntk, y.size, t)  # (m, n)
     k_tt = np.asarray(nngp["tt"], np.float64)
     k_st = np.asarray(nngp["st"], np.float64)
     cov = np.asarray(nngp["ss"], np.float64) + a @ k_tt @ a.T - a @ k_st.T - k_st @ a.T
     return a @ y, cov
+
+
+def ensemble_change(
+    nngp: dict[str, np.ndarray], ntk: dict[str, np.ndarray], y_train: np.ndarray, t: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(m, k)`` and covariance ``(m, m)`` over initializations of what gradient flow for
+    time ``t`` adds to an infinitely wide network's test outputs, ``f_t - f_0``, in float64
+    (blocks as in :func:`ensemble_prediction`, whose ``A`` this shares). The network is linear
+    in its parameters with a deterministic NTK, so ``f_t - f_0 = A (y - f_0(X_train))`` with
+    ``f_0 ~ GP(0, K)``: mean ``A y``, covariance ``A K_tt A^T`` (only the NNGP's train block
+    enters: the change does not depend on the initial test outputs)."""
+    y = np.asarray(y_train, np.float64)
+    a = _flow_operator(ntk, y.size, t)
+    return a @ y, a @ np.asarray(nngp["tt"], np.float64) @ a.T
 
 
 def ntk_gp_posterior(
