@@ -5,7 +5,7 @@ width and depth diagnostics, power-law fits. Float64 throughout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -136,6 +136,21 @@ def neighbour_agreement(x: np.ndarray, labels: np.ndarray) -> float:
     np.fill_diagonal(dist, np.inf)
     labels = np.asarray(labels).reshape(-1)
     return float(np.mean(labels == labels[np.argmin(dist, axis=1)]))
+
+
+def finite_stat(values, fn: Callable = np.mean) -> float:
+    """``fn`` (default the mean) over the finite entries of ``values``, e.g. the networks of one
+    configuration that did not diverge; NaN if none is finite."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    return float(fn(v[ok])) if ok.any() else float("nan")
+
+
+def factor_off(measured: float, reference: float = 1.0) -> float:
+    """How far ``measured`` is from ``reference`` as a factor, ``max(m / r, r / m) >= 1``;
+    ``inf`` unless both are finite and positive."""
+    ok = np.isfinite(measured) and np.isfinite(reference) and measured > 0 and reference > 0
+    return float(max(measured / reference, reference / measured)) if ok else float("inf")
 
 
 def crossing(depths: Sequence[float], values: Sequence[float], level: float) -> float:

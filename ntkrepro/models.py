@@ -128,6 +128,12 @@ def init_many(init_fn: Callable, key: jax.Array, n: int, input_shape: tuple[int,
     return jax.vmap(lambda k: init_fn(k, input_shape)[1])(keys)
 
 
+def concat_many(*batches):
+    """Stacked parameter sets (leading axes ``S_1, S_2, ...``) as one stack of ``S_1 + S_2 + ...``
+    networks, e.g. before and after training, for one vmapped call and one compilation."""
+    return jax.tree_util.tree_map(lambda *leaves: jax.numpy.concatenate(leaves), *batches)
+
+
 def apply_many(apply_fn: Callable, params_batch, x) -> np.ndarray:
     """Outputs of each of ``S`` stacked networks on ``x`` ``(n, ...)``: ``(S, n, k)`` float64."""
     return np.asarray(jax.jit(jax.vmap(lambda p: apply_fn(p, x)))(params_batch), np.float64)

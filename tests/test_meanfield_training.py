@@ -86,6 +86,28 @@ def test_crossing_interpolates_in_log_depth():
         metrics.crossing([2, 1], [0.1, 0.9], 0.5)
 
 
+def test_finite_stat_and_factor_off():
+    v = np.array([1.0, np.nan, 3.0, np.inf])
+    assert metrics.finite_stat(v) == 2.0
+    assert metrics.finite_stat(v, np.median) == 2.0
+    assert np.isnan(metrics.finite_stat(np.array([np.nan, np.inf])))
+    assert metrics.factor_off(2.0) == metrics.factor_off(0.5) == 2.0
+    assert metrics.factor_off(10.0, 5.0) == metrics.factor_off(2.5, 5.0) == 2.0
+    for bad in (0.0, -1.0, np.nan, np.inf):
+        assert metrics.factor_off(bad) == np.inf
+
+
+def test_concat_many_stacks_batches_of_networks():
+    init_fn, apply_fn, _ = models.fcn(4, 1, 2)
+    a = models.init_many(init_fn, jax.random.PRNGKey(0), 2, (3, 5))
+    b = models.init_many(init_fn, jax.random.PRNGKey(1), 3, (3, 5))
+    both = models.concat_many(a, b)
+    x = np.ones((3, 5), np.float32)
+    out = models.apply_many(apply_fn, both, x)
+    assert out.shape == (5, 3, 2)
+    np.testing.assert_array_equal(out[2:], models.apply_many(apply_fn, b, x))
+
+
 def test_first_mismatch():
     depths = [1, 2, 4, 8]
     assert metrics.first_mismatch(depths, [1.0, 1.2, 0.9, 1.1], 1.5) is None
